@@ -1,0 +1,44 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let system = Target.Dependency.product(name: "SystemPackage", package: "swift-system")
+let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
+let propertyBased = Target.Dependency.product(name: "PropertyBased", package: "swift-property-based")
+
+let package = Package(
+    name: "Bulwark",
+    products: [
+        .executable(name: "bulwark", targets: ["bulwark"]),
+        .library(name: "VirtualDisk", targets: ["VirtualDisk"]),
+        .library(name: "ShadowCopy", targets: ["ShadowCopy"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+    ],
+    targets: [
+        // C libraries, found through pkg-config.
+        .systemLibrary(name: "CSMBClient", pkgConfig: "smbclient", providers: [.apt(["libsmbclient-dev"])]),
+        .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
+        .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
+
+        // Linux calls the Glibc overlay lacks (fallocate, copy_file_range, FICLONE, FIFREEZE).
+        .target(name: "CLinux"),
+
+        // The disk engine: VHD, VHDX, raw images, chains and operations.
+        .target(name: "VirtualDisk", dependencies: ["CLinux", system]),
+        // The VSS analog: writers, providers and the snapshot coordinator.
+        .target(name: "ShadowCopy", dependencies: ["VirtualDisk", "CLinux", system]),
+        // The command-line tool: parses and prints; behaviour lives in the libraries.
+        .executableTarget(name: "bulwark", dependencies: ["VirtualDisk", "ShadowCopy", argumentParser, system]),
+
+        // Shared helpers for the tests: temporary folders, external oracles, the built CLI.
+        .target(name: "TestSupport", dependencies: [system], path: "Tests/TestSupport"),
+        .testTarget(name: "VirtualDiskTests", dependencies: ["VirtualDisk", "TestSupport", propertyBased]),
+        .testTarget(name: "ShadowCopyTests", dependencies: ["ShadowCopy", "VirtualDisk", "TestSupport"]),
+        .testTarget(name: "SystemLibraryTests", dependencies: ["CSMBClient", "CBlkid", "CArchive", "TestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport", "VirtualDisk"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

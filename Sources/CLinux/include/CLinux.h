@@ -1,0 +1,26 @@
+// Linux system calls that Glibc's Swift overlay does not expose (they need _GNU_SOURCE or ioctl
+// request numbers): hole punching, in-kernel copies, reflinks and filesystem freeze/thaw.
+#ifndef BULWARK_CLINUX_H
+#define BULWARK_CLINUX_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+/// fallocate(2); returns 0 or -1 with errno set.
+int bulwark_fallocate(int fd, int mode, int64_t offset, int64_t length);
+/// copy_file_range(2) with explicit offsets, which it advances; returns bytes copied or -1.
+int64_t bulwark_copy_file_range(int fd_in, int64_t *off_in, int fd_out, int64_t *off_out, size_t length);
+/// ioctl(dest, FICLONE, src): make dest share src's extents (reflink); 0 or -1.
+int bulwark_ficlone(int dest_fd, int src_fd);
+/// ioctl(fd, FIFREEZE) on a directory of the mounted filesystem; 0 or -1.
+int bulwark_fifreeze(int fd);
+/// ioctl(fd, FITHAW); 0 or -1.
+int bulwark_fithaw(int fd);
+/// syncfs(2); 0 or -1.
+int bulwark_syncfs(int fd);
+
+#define BULWARK_FALLOC_KEEP_SIZE 0x01
+#define BULWARK_FALLOC_PUNCH_HOLE 0x02
+#define BULWARK_FALLOC_ZERO_RANGE 0x10
+
+#endif

@@ -1,0 +1,154 @@
+import SystemPackage
+import struct Foundation.UUID
+
+/// An open leaf image with its parents resolved and verified, leaf first.
+///
+/// Parents are found through the child's locators (relative first, then absolute), and each must
+/// carry the identity the child recorded. Only the leaf is ever opened writable.
+public struct DiskChain {
+    /// Every level, leaf first, base last.
+    public let levels: [any DiskImage]
+    /// The image reads and writes go to.
+    public var leaf: any DiskImage { levels[0] }
+    /// The bottom of the chain.
+    public var base: any DiskImage { levels[levels.count - 1] }
+
+    public init(levels: [any DiskImage]) { self.levels = levels }
+
+    /// Opens `path` and all its parents.
+    public static func open(_ path: FilePath, writable: Bool = false) throws -> DiskChain {
+        let leaf = try DiskImages.openLevel(path, writable: writable)
+        var levels: [any DiskImage] = [leaf]
+        var seen: [String] = [FileOps.canonical(path).string]
+        do {
+            while let link = levels.last!.parentLink {
+                let child = levels.last!
+                let parentPath = try resolveParent(of: child.path, link: link)
+                let canonical = FileOps.canonical(parentPath).string
+                if seen.contains(canonical) {
+                    throw DiskError.chainLoop(path: path.string, chain: seen + [canonical])
+                }
+                let parent = try DiskImages.openLevel(parentPath, writable: false)
+                levels.append(parent)
+                seen.append(canonical)
+                guard parent.format == child.format else {
+                    throw DiskError.unsupported(path: child.path.string, reason: "its parent \(parentPath.string) is \(parent.format.rawValue.uppercased()) but the child is \(child.format.rawValue.uppercased()); a chain must use one format (convert the parent first)")
+                }
+                guard parent.identity == link.expectedID else {
+                    throw DiskError.parentMismatch(child: child.path.string, parent: parentPath.string,
+                                                   expectedID: link.expectedID.uuidString.lowercased(),
+                                                   foundID: parent.identity.uuidString.lowercased())
+                }
+                try child.attachParent(parent)
+            }
+        } catch {
+            for level in levels { try? level.close() }
+            throw error
+        }
+        return DiskChain(levels: levels)
+    }
+
+    /// The candidate file paths for a child's parent, in the order they are tried.
+    public static func candidatePaths(of childPath: FilePath, link: ParentLink) -> [FilePath] {
+        var out: [FilePath] = []
+        let dir = FileOps.absolute(childPath).removingLastComponent()
+        for locator in link.locators.sorted(by: { order($0.kind) < order($1.kind) }) {
+            var p = locator.path.replacingAll("\\", with: "/")
+            guard !p.isEmpty else { continue }
+            switch locator.kind {
+            case .relative:
+                if p.hasPrefix("./") { p.removeFirst(2) }
+                let candidate = FilePath(p).isAbsolute ? FilePath(p) : dir.pushing(FilePath(p))
+                out.append(candidate.lexicallyNormalized())
+            case .absolute, .volume:
+                // A POSIX path is used as it is; a Windows path (C:/..., //?/Volume{...}/...) cannot
+                // be opened here, so its last component is looked for beside the child.
+                if p.hasPrefix("/") && !p.hasPrefix("//") {
+                    out.append(FilePath(p).lexicallyNormalized())
+                } else if let name = p.split(separator: "/").last {
+                    out.append(dir.appending(String(name)))
+                }
+            }
+        }
+        var unique: [FilePath] = []
+        for p in out where !unique.contains(p) { unique.append(p) }
+        return unique
+    }
+
+    private static func order(_ kind: ParentLocator.Kind) -> Int {
+        switch kind { case .relative: 0; case .absolute: 1; case .volume: 2 }
+    }
+
+    static func resolveParent(of childPath: FilePath, link: ParentLink) throws -> FilePath {
+        let candidates = candidatePaths(of: childPath, link: link)
+        for c in candidates where FileOps.exists(c) { return c }
+        throw DiskError.parentNotFound(child: childPath.string, tried: candidates.map(\.string),
+                                       expectedID: link.expectedID.uuidString.lowercased())
+    }
+
+    /// Flushes and closes every level.
+    public func close() throws {
+        var firstError: Error?
+        for level in levels {
+            do { try level.close() } catch { if firstError == nil { firstError = error } }
+        }
+        if let firstError { throw firstError }
+    }
+
+    /// Which level supplies each byte of `range`: a run of data at a level, or zeros.
+    public func map(_ range: Range<UInt64>? = nil) throws -> [MappedExtent] {
+        let whole = range ?? 0..<leaf.virtualSize
+        var out: [MappedExtent] = []
+        try mapLevel(0, whole, into: &out)
+        // Join neighbours with the same source.
+        var joined: [MappedExtent] = []
+        for m in out {
+            if var last = joined.last, last.range.upperBound == m.range.lowerBound, last.level == m.level, last.isZero == m.isZero {
+                last.range = last.range.lowerBound..<m.range.upperBound
+                joined[joined.count - 1] = last
+            } else {
+                joined.append(m)
+            }
+        }
+        return joined
+    }
+
+    private func mapLevel(_ index: Int, _ range: Range<UInt64>, into out: inout [MappedExtent]) throws {
+        guard index < levels.count else {
+            out.append(MappedExtent(range: range, level: nil, isZero: true))
+            return
+        }
+        let level = levels[index]
+        let inside = range.clamped(to: 0..<level.virtualSize)
+        for e in try level.extents(in: inside) {
+            switch e.kind {
+            case .data: out.append(MappedExtent(range: e.range, level: index, isZero: false))
+            case .zero: out.append(MappedExtent(range: e.range, level: index, isZero: true))
+            case .unallocated: try mapLevel(index + 1, e.range, into: &out)
+            }
+        }
+        if inside.upperBound < range.upperBound {
+            out.append(MappedExtent(range: inside.upperBound..<range.upperBound, level: nil, isZero: true))
+        }
+    }
+}
+
+/// A run of virtual bytes and where it comes from.
+public struct MappedExtent: Equatable, Sendable, Codable {
+    public var range: Range<UInt64>
+    /// The chain level (0 = leaf) that holds the run, or nil when no level does (it reads as zeros).
+    public var level: Int?
+    /// Whether the run reads as zeros (unallocated everywhere, or a level's explicit zero block).
+    public var isZero: Bool
+    public init(range: Range<UInt64>, level: Int?, isZero: Bool) {
+        self.range = range
+        self.level = level
+        self.isZero = isZero
+    }
+}
+
+extension String {
+    func replacingAll(_ target: Character, with replacement: String) -> String {
+        split(separator: target, omittingEmptySubsequences: false).joined(separator: replacement)
+    }
+}

@@ -1,0 +1,190 @@
+import SystemPackage
+import struct Foundation.UUID
+
+/// The container format of an image file.
+public enum DiskFormat: String, Sendable, CaseIterable, Codable {
+    case vhd, vhdx, raw
+
+    /// The format a file name implies: `.vhd`/`.avhd` → VHD, `.vhdx`/`.avhdx` → VHDX, anything else raw.
+    public static func fromExtension(of path: FilePath) -> DiskFormat {
+        switch path.extension?.lowercased() {
+        case "vhd", "avhd": return .vhd
+        case "vhdx", "avhdx": return .vhdx
+        default: return .raw
+        }
+    }
+}
+
+/// How an image stores its blocks.
+public enum DiskType: String, Sendable, CaseIterable, Codable {
+    /// Every block is stored, in order.
+    case fixed
+    /// Blocks are allocated on first write; unallocated blocks read as zeros.
+    case dynamic
+    /// Blocks are allocated on first write; unallocated sectors read from the parent image.
+    case differencing
+}
+
+/// What one level of a chain holds for a range of virtual bytes.
+public struct DiskExtent: Equatable, Sendable {
+    public enum Kind: Equatable, Sendable {
+        /// The bytes are stored in this image's file, starting at `fileOffset`.
+        case data(fileOffset: UInt64)
+        /// This level defines the bytes as zeros (without storing them).
+        case zero
+        /// This level holds nothing here: the bytes come from the parent, or are zeros without one.
+        case unallocated
+    }
+    public var range: Range<UInt64>
+    public var kind: Kind
+    public init(range: Range<UInt64>, kind: Kind) {
+        self.range = range
+        self.kind = kind
+    }
+}
+
+/// How a differencing image names its parent.
+public struct ParentLocator: Equatable, Sendable, Codable {
+    public enum Kind: String, Sendable, Codable {
+        /// A path relative to the child's folder (VHD W2ru, VHDX relative_path).
+        case relative
+        /// An absolute path (VHD W2ku, VHDX absolute_win32_path).
+        case absolute
+        /// A volume path (VHDX volume_path).
+        case volume
+    }
+    public var kind: Kind
+    /// The path as stored (it may use Windows separators).
+    public var path: String
+    public init(kind: Kind, path: String) {
+        self.kind = kind
+        self.path = path
+    }
+}
+
+/// What a differencing image records about its parent.
+public struct ParentLink: Equatable, Sendable {
+    /// The identity the parent must have (`DiskImage.identity` of the parent).
+    public var expectedID: UUID
+    /// Where to look, in the order the format prefers.
+    public var locators: [ParentLocator]
+    public init(expectedID: UUID, locators: [ParentLocator]) {
+        self.expectedID = expectedID
+        self.locators = locators
+    }
+}
+
+/// One open level of a disk: a VHD, VHDX or raw image. All formats are used through this interface.
+///
+/// Reads go through the chain (a differencing image falls back to its `parent`); writes go to this
+/// level only. Implementations do blocking I/O (see `BlockFile`).
+public protocol DiskImage: AnyObject {
+    /// The file this level lives in.
+    var file: BlockFile { get }
+    var format: DiskFormat { get }
+    var type: DiskType { get }
+    /// Size of the virtual disk in bytes.
+    var virtualSize: UInt64 { get }
+    /// Logical sector size (512 or 4096): the unit of allocation inside a block.
+    var logicalSectorSize: Int { get }
+    var physicalSectorSize: Int { get }
+    /// Allocation unit in bytes (VHD/VHDX block; for fixed and raw images a nominal unit).
+    var blockSize: Int { get }
+    /// The identity a child image records for this one (VHD unique id, VHDX DataWriteGuid).
+    var identity: UUID { get }
+    /// For a differencing image, what it says about its parent.
+    var parentLink: ParentLink? { get }
+    /// The attached parent, once `DiskChain` (or a caller) resolved it.
+    var parent: (any DiskImage)? { get }
+    /// Attaches the parent; the format checks it fits (sector size, virtual size).
+    func attachParent(_ parent: any DiskImage) throws
+    /// What this level holds over `range` (inside `0..<virtualSize`), as ordered, contiguous extents.
+    func extents(in range: Range<UInt64>) throws -> [DiskExtent]
+    /// Reads virtual bytes through the chain. A default implementation uses `extents(in:)`.
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws
+    /// Writes virtual bytes into this level (allocating and copying from the parent as needed).
+    func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws
+    /// Makes every completed write durable.
+    func flush() throws
+    /// Flushes and closes the file; the object must not be used afterwards.
+    func close() throws
+    /// Format-specific facts for `bulwark disk info` (geometry, creator, GUIDs, ...).
+    var properties: [String: String] { get }
+}
+
+extension DiskImage {
+    public var path: FilePath { file.path }
+    public var isWritable: Bool { file.isWritable }
+
+    /// Checks that `offset..<offset+length` lies inside the virtual disk.
+    public func checkRange(offset: UInt64, length: Int) throws {
+        let (end, overflow) = offset.addingReportingOverflow(UInt64(length))
+        guard !overflow, end <= virtualSize else {
+            throw DiskError.outOfRange(path: path.string, offset: offset, length: UInt64(length), virtualSize: virtualSize)
+        }
+    }
+
+    /// Reads through `extents(in:)`: stored data from this file, zeros, and the parent for the rest.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+        try checkRange(offset: offset, length: buffer.count)
+        guard !buffer.isEmpty else { return }
+        for extent in try extents(in: offset..<offset + UInt64(buffer.count)) {
+            let lower = Int(extent.range.lowerBound - offset)
+            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[lower..<lower + extent.range.count])
+            switch extent.kind {
+            case .data(let fileOffset):
+                try file.read(into: slice, at: fileOffset)
+            case .zero:
+                slice.initializeMemory(as: UInt8.self, repeating: 0)
+            case .unallocated:
+                if let parent {
+                    try parent.read(into: slice, at: extent.range.lowerBound)
+                } else {
+                    slice.initializeMemory(as: UInt8.self, repeating: 0)
+                }
+            }
+        }
+    }
+
+    /// Reads `count` virtual bytes at `offset` into a new array.
+    public func read(count: Int, at offset: UInt64) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        try bytes.withUnsafeMutableBytes { try read(into: $0, at: offset) }
+        return bytes
+    }
+
+    /// Writes `bytes` at virtual `offset`.
+    public func write(_ bytes: [UInt8], at offset: UInt64) throws {
+        try bytes.withUnsafeBytes { try write($0, at: offset) }
+    }
+
+    /// The chain from this level to its base, this level first.
+    public var chain: [any DiskImage] {
+        var levels: [any DiskImage] = [self]
+        while let p = levels.last!.parent { levels.append(p) }
+        return levels
+    }
+}
+
+/// Merges adjacent extents of the same kind (and contiguous file offsets) into one.
+public func coalesce(_ extents: [DiskExtent]) -> [DiskExtent] {
+    var out: [DiskExtent] = []
+    out.reserveCapacity(extents.count)
+    for e in extents where !e.range.isEmpty {
+        if var last = out.last, last.range.upperBound == e.range.lowerBound {
+            switch (last.kind, e.kind) {
+            case (.zero, .zero), (.unallocated, .unallocated):
+                last.range = last.range.lowerBound..<e.range.upperBound
+                out[out.count - 1] = last
+                continue
+            case let (.data(a), .data(b)) where a + UInt64(last.range.count) == b:
+                last.range = last.range.lowerBound..<e.range.upperBound
+                out[out.count - 1] = last
+                continue
+            default: break
+            }
+        }
+        out.append(e)
+    }
+    return out
+}

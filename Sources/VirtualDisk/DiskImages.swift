@@ -1,0 +1,100 @@
+import SystemPackage
+import struct Foundation.UUID
+
+/// What to create. A differencing image takes its size and sector size from `parent`.
+public struct CreateOptions: Sendable {
+    public var format: DiskFormat
+    public var type: DiskType
+    /// Virtual size in bytes (ignored for differencing images, which take the parent's).
+    public var virtualSize: UInt64
+    /// Block size in bytes; nil means the format's default (VHD 2 MiB, VHDX 32 MiB).
+    public var blockSize: Int?
+    /// Logical sector size: 512, or 4096 (VHDX only). nil means 512 or the parent's.
+    public var logicalSectorSize: Int?
+    /// Physical sector size; nil means the format's default.
+    public var physicalSectorSize: Int?
+    /// The parent's path, for a differencing image.
+    public var parentPath: FilePath?
+
+    public init(format: DiskFormat, type: DiskType, virtualSize: UInt64 = 0, blockSize: Int? = nil,
+                logicalSectorSize: Int? = nil, physicalSectorSize: Int? = nil, parentPath: FilePath? = nil) {
+        self.format = format
+        self.type = type
+        self.virtualSize = virtualSize
+        self.blockSize = blockSize
+        self.logicalSectorSize = logicalSectorSize
+        self.physicalSectorSize = physicalSectorSize
+        self.parentPath = parentPath
+    }
+}
+
+/// A container format's entry points. Each format (VHD, VHDX, raw) provides one.
+public protocol DiskImageFormat: Sendable {
+    static var format: DiskFormat { get }
+    /// Whether `file` looks like this format (by its signatures; it need not be valid).
+    static func probe(_ file: BlockFile) throws -> Bool
+    /// Opens one level (no parent attached).
+    static func open(_ file: BlockFile) throws -> any DiskImage
+    /// Creates a new image at `path`. For a differencing image `parent` is the open parent level.
+    static func create(at path: FilePath, options: CreateOptions, parent: (any DiskImage)?) throws -> any DiskImage
+}
+
+/// The entry point to images of every format.
+public enum DiskImages {
+    /// Formats in probing order (raw last: it accepts anything).
+    public static let formats: [any DiskImageFormat.Type] = [VHDXFormat.self, VHDFormat.self, RawFormat.self]
+
+    static func driver(for format: DiskFormat) -> any DiskImageFormat.Type {
+        formats.first { $0.format == format }!
+    }
+
+    /// Detects the format of the file at `path` by its signatures.
+    public static func detectFormat(_ path: FilePath) throws -> DiskFormat {
+        let file = try BlockFile.open(path, writable: false)
+        defer { try? file.close() }
+        return try detect(file).format
+    }
+
+    static func detect(_ file: BlockFile) throws -> any DiskImageFormat.Type {
+        for f in formats where try f.probe(file) { return f }
+        return RawFormat.self
+    }
+
+    /// Opens one image level (no parents). Use `DiskChain.open` to read through differencing chains.
+    public static func openLevel(_ path: FilePath, writable: Bool = false) throws -> any DiskImage {
+        let file = try BlockFile.open(path, writable: writable)
+        do {
+            return try detect(file).open(file)
+        } catch {
+            try? file.close()
+            throw error
+        }
+    }
+
+    /// Creates an image. A differencing image's parent chain is opened (read-only) and attached,
+    /// so the returned image reads through it. The file appears only complete: a failed create
+    /// removes what it wrote.
+    public static func create(at path: FilePath, options: CreateOptions) throws -> any DiskImage {
+        var parentChain: DiskChain?
+        if options.type == .differencing {
+            guard let parentPath = options.parentPath else {
+                throw DiskError.invalidArgument("\(path.string): a differencing image needs a parent (--parent)")
+            }
+            parentChain = try DiskChain.open(parentPath)
+            guard parentChain!.leaf.format == options.format else {
+                throw DiskError.unsupported(path: path.string, reason: "a \(options.format.rawValue.uppercased()) differencing image cannot have the \(parentChain!.leaf.format.rawValue.uppercased()) parent \(parentPath.string); parent and child must share a format")
+            }
+        } else if options.parentPath != nil {
+            throw DiskError.invalidArgument("\(path.string): --parent makes a differencing image; it cannot be combined with type \(options.type.rawValue)")
+        }
+        if FileOps.exists(path) { throw DiskError.exists(path: path.string) }
+        do {
+            let image = try driver(for: options.format).create(at: path, options: options, parent: parentChain?.leaf)
+            if let parent = parentChain?.leaf, image.parent == nil { try image.attachParent(parent) }
+            return image
+        } catch {
+            if case DiskError.exists = error {} else { try? FileOps.remove(path) }
+            throw error
+        }
+    }
+}

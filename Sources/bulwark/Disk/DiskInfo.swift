@@ -1,0 +1,51 @@
+import ArgumentParser
+import Foundation
+import SystemPackage
+import VirtualDisk
+
+struct DiskInfo: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "info",
+        abstract: "Show an image's format, type, sizes, geometry, block size, identity and parent."
+    )
+
+    @Argument(help: "The image.") var path: String
+    @Flag(help: "Describe every level of the differencing chain, leaf first.") var chain = false
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        let descriptions: [DiskDescription]
+        if chain {
+            let opened = try DiskChain.open(FilePath(path))
+            defer { try? opened.close() }
+            descriptions = try opened.levels.map { try DiskDescription($0) }
+        } else {
+            let image = try DiskImages.openLevel(FilePath(path))
+            defer { try? image.close() }
+            descriptions = [try DiskDescription(image)]
+        }
+        if json {
+            if chain { try Output.json(descriptions) } else { try Output.json(descriptions[0]) }
+            return
+        }
+        for (i, d) in descriptions.enumerated() {
+            if chain { print("level \(i)\(i == 0 ? " (leaf)" : ""):") }
+            var rows: [(String, String)] = [
+                ("path", d.path),
+                ("format", d.format.rawValue),
+                ("type", d.type.rawValue),
+                ("virtual size", "\(ByteCount.format(d.virtualSize)) (\(d.virtualSize) bytes)"),
+                ("file size", "\(ByteCount.format(d.fileSize)) (\(d.fileSize) bytes)"),
+                ("block size", "\(ByteCount.format(UInt64(d.blockSize)))"),
+                ("logical sector size", "\(d.logicalSectorSize)"),
+                ("physical sector size", "\(d.physicalSectorSize)"),
+                ("identity", d.identity),
+            ]
+            if let parentID = d.parentID { rows.append(("parent id", parentID)) }
+            for locator in d.parentLocators ?? [] { rows.append(("parent locator (\(locator.kind.rawValue))", locator.path)) }
+            for key in d.properties.keys.sorted() { rows.append((key, d.properties[key]!)) }
+            let width = rows.map(\.0.count).max() ?? 0
+            for (k, v) in rows { print("  \(k.padding(toLength: width, withPad: " ", startingAt: 0))  \(v)") }
+        }
+    }
+}

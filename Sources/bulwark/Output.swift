@@ -1,0 +1,87 @@
+import Foundation
+import VirtualDisk
+
+/// Printing helpers shared by the commands.
+enum Output {
+    /// Prints `value` as pretty JSON with sorted keys on standard output.
+    static func json<T: Encodable>(_ value: T) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        let data = try encoder.encode(value)
+        FileHandle.standardOutput.write(data)
+        FileHandle.standardOutput.write(Data("\n".utf8))
+    }
+
+    /// Prints a line on standard error.
+    static func note(_ line: String) {
+        FileHandle.standardError.write(Data((line + "\n").utf8))
+    }
+
+    /// Whether standard error is a terminal (progress bars go there).
+    static var stderrIsTerminal: Bool { isatty(2) == 1 }
+
+    /// Formats rows as aligned columns.
+    static func table(_ header: [String], _ rows: [[String]]) -> String {
+        let all = [header] + rows
+        var widths = [Int](repeating: 0, count: header.count)
+        for row in all { for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], cell.count) } }
+        return all.map { row in
+            row.enumerated().map { i, cell in
+                i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0)
+            }.joined(separator: "  ")
+        }.joined(separator: "\n")
+    }
+}
+
+/// Progress for long operations: a bar with rate and ETA on a terminal, plain lines otherwise
+/// (at most one every few seconds), both on standard error.
+final class ProgressBar {
+    private let label: String
+    private let interactive: Bool
+    private let start = Date()
+    private var lastPrint = Date.distantPast
+    private var lastPercent = -1
+    private var finished = false
+
+    init(_ label: String, interactive: Bool = Output.stderrIsTerminal) {
+        self.label = label
+        self.interactive = interactive
+    }
+
+    /// The handler to hand to engine operations.
+    var handler: ProgressHandler { { [self] done, total in self.update(done, total) } }
+
+    func update(_ done: UInt64, _ total: UInt64) {
+        let now = Date()
+        let percent = total == 0 ? 100 : Int(Double(done) * 100 / Double(total))
+        let elapsed = now.timeIntervalSince(start)
+        let rate = elapsed > 0 ? Double(done) / elapsed : 0
+        let eta = rate > 0 && total > done ? Double(total - done) / rate : 0
+        if interactive {
+            guard now.timeIntervalSince(lastPrint) >= 0.1 || done == total else { return }
+            lastPrint = now
+            let width = 30
+            let filled = total == 0 ? width : Int(Double(width) * Double(done) / Double(total))
+            let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: max(0, width - filled))
+            let line = "\r\(label) [\(bar)] \(percent)% \(ByteCount.format(done))/\(ByteCount.format(total)) \(ByteCount.format(UInt64(rate)))/s ETA \(Self.duration(eta))\u{1B}[K"
+            FileHandle.standardError.write(Data(line.utf8))
+        } else {
+            guard now.timeIntervalSince(lastPrint) >= 5 || (done == total && percent != lastPercent) else { return }
+            lastPrint = now
+            lastPercent = percent
+            Output.note("\(label): \(percent)% (\(ByteCount.format(done)) of \(ByteCount.format(total)), \(ByteCount.format(UInt64(rate)))/s, ETA \(Self.duration(eta)))")
+        }
+    }
+
+    /// Ends the bar line.
+    func finish() {
+        guard !finished else { return }
+        finished = true
+        if interactive { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        let s = Int(seconds.rounded())
+        return s >= 3600 ? "\(s / 3600)h\(String(format: "%02d", s % 3600 / 60))m" : "\(s / 60)m\(String(format: "%02d", s % 60))s"
+    }
+}

@@ -1,0 +1,3 @@
+// PLACEHOLDER: the snapshot coordinator's tests go here.
+import Testing
+import ShadowCopy
