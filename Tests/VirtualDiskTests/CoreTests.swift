@@ -81,3 +81,17 @@ import TestSupport
         }
     }
 }
+
+@Suite struct ParentLocatorTests {
+    @Test func relativeLocatorsUseWindowsSeparatorsAndResolveBack() throws {
+        let same = ParentLocator.locators(child: "/t/BulwarkBackup/m/v2/disk0.vhdx", parent: "/t/BulwarkBackup/m/v1/disk0.vhdx")
+        #expect(same[0] == ParentLocator(kind: .relative, path: "..\\v1\\disk0.vhdx"))
+        #expect(same[1] == ParentLocator(kind: .absolute, path: "/t/BulwarkBackup/m/v1/disk0.vhdx"))
+        let beside = ParentLocator.locators(child: "/d/snap.avhdx", parent: "/d/base.vhdx")
+        #expect(beside[0].path == ".\\base.vhdx")
+        let link = ParentLink(expectedID: UUID(), locators: same)
+        #expect(DiskChain.candidatePaths(of: "/t/BulwarkBackup/m/v2/disk0.vhdx", link: link).first == "/t/BulwarkBackup/m/v1/disk0.vhdx")
+        let windows = ParentLink(expectedID: UUID(), locators: [ParentLocator(kind: .absolute, path: "C:\\VMs\\base.vhdx")])
+        #expect(DiskChain.candidatePaths(of: "/d/snap.avhdx", link: windows) == ["/d/base.vhdx"])
+    }
+}
