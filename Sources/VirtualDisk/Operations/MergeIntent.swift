@@ -1,0 +1,102 @@
+import Foundation
+import SystemPackage
+
+/// The record a merge writes (and fsyncs) beside the child before it touches the ancestor, and removes
+/// last. While it exists the merge is pending: re-running `merge` on the child finishes it, and
+/// `check` reports it.
+public struct MergeIntent: Codable, Sendable, Equatable {
+    public var version: Int
+    /// The image being merged (the chain leaf named on the command line), absolute.
+    public var child: String
+    /// The levels folded into the ancestor, child first, up to the ancestor's direct child; absolute.
+    public var levels: [String]
+    /// The image receiving the data, absolute.
+    public var ancestor: String
+    /// Identities of `levels` (same order) when the merge started; they never change during it.
+    public var levelIdentities: [String]
+    /// The ancestor's identity when the merge started (writing may change it, e.g. a VHDX DataWriteGuid).
+    public var ancestorIdentity: String
+    /// Other images whose parent was the child, to re-point to the ancestor.
+    public var childrenToRepoint: [String]
+    /// When the merge started (ISO 8601).
+    public var started: String
+
+    public init(child: String, levels: [String], ancestor: String, levelIdentities: [String], ancestorIdentity: String,
+                childrenToRepoint: [String], started: String) {
+        self.version = 1
+        self.child = child
+        self.levels = levels
+        self.ancestor = ancestor
+        self.levelIdentities = levelIdentities
+        self.ancestorIdentity = ancestorIdentity
+        self.childrenToRepoint = childrenToRepoint
+        self.started = started
+    }
+
+    /// Where the record for merging `child` lives: `CHILD.merge.json` beside it.
+    public static func recordPath(for child: FilePath) -> FilePath {
+        let abs = FileOps.absolute(child)
+        return abs.removingLastComponent().appending((abs.lastComponent?.string ?? "disk") + ".merge.json")
+    }
+
+    /// The record for `child`, or nil when no merge of it is pending.
+    public static func load(for child: FilePath) throws -> MergeIntent? {
+        let path = recordPath(for: child)
+        guard FileOps.exists(path) else { return nil }
+        return try load(path)
+    }
+
+    /// Reads a record file.
+    public static func load(_ path: FilePath) throws -> MergeIntent {
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: path.string)) } catch {
+            throw DiskError.io(path: path.string, operation: "read merge record", errno: .ioError)
+        }
+        do { return try JSONDecoder().decode(MergeIntent.self, from: data) } catch {
+            throw DiskError.corrupt(path: path.string, reason: "the merge record is not valid JSON (\(error)); it was written by an interrupted merge")
+        }
+    }
+
+    /// Writes the record durably: a temporary file, fsync, rename, directory fsync.
+    public func write(for child: FilePath) throws {
+        let path = Self.recordPath(for: child)
+        let temp = path.removingLastComponent().appending(".\(path.lastComponent?.string ?? "merge.json").tmp-\(getpid())")
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        let bytes = [UInt8](try encoder.encode(self))
+        try? FileOps.remove(temp)
+        let file = try BlockFile.create(temp)
+        do {
+            try file.write(bytes, at: 0)
+            try file.sync()
+            try file.close()
+            try FileOps.rename(temp, to: path)
+        } catch {
+            try? file.close()
+            try? FileOps.remove(temp)
+            throw error
+        }
+    }
+
+    /// Removes the record durably.
+    public static func remove(for child: FilePath) throws {
+        let path = recordPath(for: child)
+        try FileOps.remove(path)
+        try FileOps.syncDirectory(of: path)
+    }
+
+    /// Every path the record names.
+    public var allPaths: [String] { levels + [ancestor] + childrenToRepoint }
+
+    /// A one-line account of what is pending, for `check` and errors.
+    public var summary: String {
+        let present = levels.filter { FileOps.exists(FilePath($0)) }
+        var s = "merge of \(child) into \(ancestor) is pending (started \(started)): "
+        if FileOps.exists(FilePath(child)) {
+            s += "the data copy may be incomplete; \(present.count) level(s) still to remove (\(present.joined(separator: ", ")))"
+        } else {
+            s += "the data is merged; still to remove: \(present.isEmpty ? "only the record" : present.joined(separator: ", "))"
+        }
+        return s + "; run `bulwark disk merge \(child)` to finish it"
+    }
+}

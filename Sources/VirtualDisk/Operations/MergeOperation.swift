@@ -1,0 +1,247 @@
+import Foundation
+import SystemPackage
+
+/// What `merge` is asked to do beyond the child's path.
+public struct MergeOptions: Sendable {
+    /// The ancestor receiving the data; nil means the child's parent.
+    public var into: FilePath?
+    /// Extra images (or folders) that may be children of the merged levels or of the ancestor.
+    public var children: [FilePath]
+    /// Merge even though the ancestor (or an intermediate level) has other children it would break.
+    public var force: Bool
+    public init(into: FilePath? = nil, children: [FilePath] = [], force: Bool = false) {
+        self.into = into
+        self.children = children
+        self.force = force
+    }
+}
+
+/// What a merge did.
+public struct MergeResult: Codable, Sendable, Equatable {
+    public var child: String
+    public var ancestor: String
+    /// Levels deleted after their data was folded in, child first.
+    public var removed: [String]
+    /// Images that had the child as parent and now have the ancestor.
+    public var repointed: [String]
+    /// Virtual bytes written into the ancestor.
+    public var bytesCopied: UInt64
+    /// Whether this run finished a merge an earlier (interrupted) run started.
+    public var resumed: Bool
+}
+
+/// Merge-VHD: folds a differencing child (and the levels between it and an ancestor) into the ancestor.
+///
+/// Crash-safe and resumable: a record naming the child, levels and ancestor is fsync'd beside the child
+/// before the ancestor is touched; the child levels stay intact until the ancestor holds all their data;
+/// only then are other children of the child re-pointed, the merged levels deleted (child first) and the
+/// record removed. Re-running after a kill at any point copies the child levels' data again (the copy is
+/// idempotent) and finishes.
+public enum MergeOperation {
+    public static func merge(child: FilePath, options: MergeOptions = MergeOptions(), progress: ProgressHandler? = nil) throws -> MergeResult {
+        let child = FileOps.absolute(child)
+        if let intent = try MergeIntent.load(for: child) {
+            if let into = options.into, OperationIO.key(into) != OperationIO.key(FilePath(intent.ancestor)) {
+                throw DiskError.invalidArgument("\(child.string): a merge into \(intent.ancestor) is pending (\(MergeIntent.recordPath(for: child).string)); finish it first by running merge without --into")
+            }
+            return try execute(intent, options: options, resumed: true, progress: progress)
+        }
+        guard FileOps.exists(child) else { throw DiskError.notFound(path: child.string) }
+        let intent = try plan(child: child, options: options)
+        try intent.write(for: child)
+        return try execute(intent, options: options, resumed: false, progress: progress)
+    }
+
+    /// Checks the merge can go ahead (chain, children, free space) and describes it.
+    static func plan(child: FilePath, options: MergeOptions) throws -> MergeIntent {
+        let chain = try DiskChain.open(child)
+        defer { try? chain.close() }
+        guard chain.levels.count >= 2 else {
+            throw DiskError.invalidArgument("\(child.string): is not a differencing image (it has no parent); there is nothing to merge")
+        }
+        var k = 1
+        if let into = options.into {
+            let key = OperationIO.key(into)
+            guard let index = chain.levels.indices.dropFirst().first(where: { OperationIO.key(chain.levels[$0].path) == key }) else {
+                throw DiskError.invalidArgument("\(child.string): \(into.string) is not an ancestor of this image; its chain is \(chain.levels.map(\.path.string).joined(separator: " -> "))")
+            }
+            k = index
+        }
+        let ancestor = chain.levels[k]
+        let levelPaths = chain.levels[0..<k].map { FileOps.absolute($0.path) }
+        let merged = Set(levelPaths.map(OperationIO.key))
+        let folders = options.children.filter(isFolder)
+        let files = options.children.filter { !isFolder($0) }
+
+        // Children that the merge would break: others of the ancestor and of intermediate levels.
+        var breaking: [String] = []
+        for level in chain.levels[1...k] {
+            for c in ChildFinder.children(of: level.path, folders: folders, candidates: files) where !merged.contains(OperationIO.key(c)) {
+                breaking.append(c.string)
+            }
+        }
+        if !breaking.isEmpty, !options.force {
+            throw DiskError.hasChildren(path: ancestor.path.string, children: breaking)
+        }
+
+        let needed = try spaceNeeded(levels: Array(chain.levels[0..<k]), ancestor: ancestor)
+        let available = try FileSystemSpace.available(at: ancestor.path)
+        if needed > available {
+            throw DiskError.insufficientSpace(path: ancestor.path.string, needed: needed, available: available)
+        }
+        let repoint = ChildFinder.children(of: child, folders: folders, candidates: files).filter { !merged.contains(OperationIO.key($0)) }
+        return MergeIntent(child: child.string, levels: levelPaths.map(\.string),
+                           ancestor: FileOps.absolute(ancestor.path).string,
+                           levelIdentities: chain.levels[0..<k].map(\.identityString),
+                           ancestorIdentity: ancestor.identityString,
+                           childrenToRepoint: repoint.map(\.string),
+                           started: ISO8601DateFormatter().string(from: Date()))
+    }
+
+    /// A conservative figure for the file space the ancestor must grow by: every ancestor block that
+    /// the child levels touch and the ancestor has not fully allocated, plus room for metadata.
+    static func spaceNeeded(levels: [any DiskImage], ancestor: any DiskImage) throws -> UInt64 {
+        let block = UInt64(max(ancestor.blockSize, 4096))
+        var needed: UInt64 = 0
+        var lastCounted: UInt64?
+        for m in try DiskChain(levels: levels).map(0..<min(levels[0].virtualSize, ancestor.virtualSize)) where m.level != nil {
+            var b = m.range.lowerBound / block
+            let end = (m.range.upperBound + block - 1) / block
+            while b < end {
+                defer { b += 1 }
+                if let last = lastCounted, b <= last { continue }
+                lastCounted = b
+                let blockRange = b * block..<min((b + 1) * block, ancestor.virtualSize)
+                let allocated = try ancestor.extents(in: blockRange).allSatisfy {
+                    if case .data = $0.kind { return true } else { return false }
+                }
+                if !allocated { needed += UInt64(blockRange.count) }
+            }
+        }
+        return needed == 0 ? 0 : needed + 4 << 20 + needed / 64
+    }
+
+    /// Runs (or resumes) the merge a record describes.
+    static func execute(_ intent: MergeIntent, options: MergeOptions, resumed: Bool, progress: ProgressHandler?) throws -> MergeResult {
+        let child = FilePath(intent.child)
+        let ancestorPath = FilePath(intent.ancestor)
+        var copied: UInt64 = 0
+        if FileOps.exists(child) {
+            copied = try copy(intent, progress: progress)
+            // The ancestor's identity once written (a VHDX gets a new DataWriteGuid).
+            let ancestor = try DiskImages.openLevel(ancestorPath)
+            let newID = ancestor.identity
+            try ancestor.close()
+            let folders = options.children.filter(isFolder)
+            let files = options.children.filter { !isFolder($0) }
+            let merged = Set(intent.levels.map { OperationIO.key(FilePath($0)) })
+            var repoint = intent.childrenToRepoint.map { FilePath($0) }.filter(FileOps.exists)
+            for c in ChildFinder.children(of: child, folders: folders, candidates: files)
+            where !merged.contains(OperationIO.key(c)) && !repoint.contains(where: { OperationIO.key($0) == OperationIO.key(c) }) {
+                repoint.append(c)
+            }
+            for c in repoint {
+                let image = try DiskImages.openLevel(c, writable: true)
+                defer { try? image.close() }
+                guard let maintainable = image as? any MaintainableImage else {
+                    throw DiskError.unsupported(path: c.string, reason: "cannot re-point this \(image.format.rawValue) image to \(ancestorPath.string)")
+                }
+                try maintainable.setParent(ParentLink(expectedID: newID, locators: ParentLocator.locators(child: c, parent: ancestorPath)))
+                try image.flush()
+            }
+            var result = try finish(intent)
+            result.repointed = repoint.map(\.string)
+            result.bytesCopied = copied
+            result.resumed = resumed
+            return result
+        }
+        var result = try finish(intent)
+        result.resumed = resumed
+        return result
+    }
+
+    /// Deletes the merged levels (child first, so a kill leaves either the whole chain or the ancestor
+    /// readable) and then the record.
+    static func finish(_ intent: MergeIntent) throws -> MergeResult {
+        var removed: [String] = []
+        for level in intent.levels where FileOps.exists(FilePath(level)) {
+            try FileOps.remove(FilePath(level))
+            try FileOps.syncDirectory(of: FilePath(level))
+            removed.append(level)
+        }
+        try MergeIntent.remove(for: FilePath(intent.child))
+        return MergeResult(child: intent.child, ancestor: intent.ancestor, removed: removed, repointed: [], bytesCopied: 0, resumed: false)
+    }
+
+    /// Copies everything the child levels hold into the ancestor, newest level winning, then flushes.
+    static func copy(_ intent: MergeIntent, progress: ProgressHandler?) throws -> UInt64 {
+        // The merged levels, checked against the record (they are never written during a merge).
+        var levels: [any DiskImage] = []
+        defer { for l in levels { try? l.close() } }
+        for (i, path) in intent.levels.enumerated() {
+            let level = try DiskImages.openLevel(FilePath(path))
+            levels.append(level)
+            guard level.identityString == intent.levelIdentities[i] else {
+                throw DiskError.corrupt(path: path, reason: "its identity changed from \(intent.levelIdentities[i]) to \(level.identityString) during a pending merge (\(MergeIntent.recordPath(for: FilePath(intent.child)).string)); refusing to continue")
+            }
+            if i + 1 < intent.levels.count {
+                guard let link = level.parentLink,
+                      let parent = DiskChain.candidatePaths(of: level.path, link: link).first(where: FileOps.exists),
+                      OperationIO.key(parent) == OperationIO.key(FilePath(intent.levels[i + 1])),
+                      link.expectedID.uuidString.lowercased() == intent.levelIdentities[i + 1] else {
+                    throw DiskError.corrupt(path: path, reason: "its parent is no longer \(intent.levels[i + 1]) as the pending merge record says")
+                }
+            }
+        }
+        let target = try DiskChain.open(FilePath(intent.ancestor), writable: true)
+        defer { try? target.close() }
+        let ancestor = target.leaf
+        if levels.contains(where: { $0.virtualSize != ancestor.virtualSize }) {
+            throw DiskError.unsupported(path: intent.child, reason: "its virtual size differs from the ancestor \(intent.ancestor)'s; resize one of them first")
+        }
+        let map = try DiskChain(levels: levels).map(0..<ancestor.virtualSize).filter { $0.level != nil }
+        let total = map.reduce(UInt64(0)) { $0 + UInt64($1.range.count) }
+        let buffer = OperationIO.buffer()
+        defer { buffer.deallocate() }
+        var done: UInt64 = 0
+        progress?(0, total)
+        for m in map {
+            if m.isZero {
+                // An explicit zero run: needed only where the ancestor would read something else.
+                let alreadyZero = try ancestor.extents(in: m.range).allSatisfy {
+                    switch $0.kind {
+                    case .zero: return true
+                    case .unallocated: return ancestor.parent == nil
+                    case .data: return false
+                    }
+                }
+                if !alreadyZero {
+                    buffer.initializeMemory(as: UInt8.self, repeating: 0)
+                    for piece in OperationIO.chunks(of: m.range) {
+                        try ancestor.write(UnsafeRawBufferPointer(rebasing: buffer[..<piece.count]), at: piece.lowerBound)
+                        OperationIO.pace()
+                    }
+                }
+                done += UInt64(m.range.count)
+                progress?(done, total)
+                continue
+            }
+            let source = levels[m.level!]
+            for piece in OperationIO.chunks(of: m.range) {
+                let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<piece.count])
+                try source.read(into: slice, at: piece.lowerBound)
+                try ancestor.write(UnsafeRawBufferPointer(slice), at: piece.lowerBound)
+                done += UInt64(piece.count)
+                progress?(done, total)
+                OperationIO.pace()
+            }
+        }
+        try ancestor.flush()
+        return done
+    }
+
+    static func isFolder(_ path: FilePath) -> Bool {
+        var isDir: ObjCBool = false
+        return FileManager.default.fileExists(atPath: path.string, isDirectory: &isDir) && isDir.boolValue
+    }
+}

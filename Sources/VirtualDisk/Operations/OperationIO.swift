@@ -1,0 +1,96 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import SystemPackage
+
+/// Shared pieces of the disk operations' copy loops: the chunk size, a page-aligned buffer, zero
+/// detection and the test slow-down.
+enum OperationIO {
+    /// Bytes moved per read/write in copy loops: large and aligned, so I/O stays sequential.
+    static let chunkSize = 8 << 20
+
+    /// Microseconds to sleep after each chunk, from `BULWARK_TEST_SLOW_IO`. Tests set it so that a
+    /// `kill -9` lands in the middle of an operation; it is 0 (no sleeping) otherwise.
+    static let slowMicroseconds: UInt32 = {
+        guard let raw = getenv("BULWARK_TEST_SLOW_IO") else { return 0 }
+        return UInt32(String(cString: raw)) ?? 0
+    }()
+
+    /// Called once per chunk by every copy loop.
+    @inline(__always) static func pace() {
+        if slowMicroseconds > 0 { usleep(slowMicroseconds) }
+    }
+
+    /// A page-aligned buffer of `count` bytes; the caller deallocates it.
+    static func buffer(_ count: Int = chunkSize) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 4096)
+    }
+
+    /// Whether every byte of `bytes` is zero (vectorised through `memcmp` against itself shifted by one).
+    static func isZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return true }
+        if base.load(as: UInt8.self) != 0 { return false }
+        if bytes.count >= 16 {
+            // Cheap early exit: most non-zero data shows it in its first words.
+            if base.loadUnaligned(fromByteOffset: 8, as: UInt64.self) != 0 { return false }
+        }
+        return memcmp(base, base + 1, bytes.count - 1) == 0
+    }
+
+    /// Runs of non-zero data inside `bytes`, at `granule` granularity (relative to `bytes`, whose
+    /// start is aligned to `granule`); all-zero granules are left out and neighbours joined.
+    static func nonZeroRuns(_ bytes: UnsafeRawBufferPointer, granule: Int) -> [Range<Int>] {
+        var runs: [Range<Int>] = []
+        var start = 0
+        while start < bytes.count {
+            let end = min(start + granule, bytes.count)
+            if !isZero(UnsafeRawBufferPointer(rebasing: bytes[start..<end])) {
+                if let last = runs.last, last.upperBound == start {
+                    runs[runs.count - 1] = last.lowerBound..<end
+                } else {
+                    runs.append(start..<end)
+                }
+            }
+            start = end
+        }
+        return runs
+    }
+
+    /// Splits `range` into pieces of at most `chunk` bytes whose boundaries fall on multiples of `chunk`.
+    static func chunks(of range: Range<UInt64>, size chunk: Int = chunkSize) -> [Range<UInt64>] {
+        var out: [Range<UInt64>] = []
+        var pos = range.lowerBound
+        let c = UInt64(chunk)
+        while pos < range.upperBound {
+            let end = min((pos / c + 1) * c, range.upperBound)
+            out.append(pos..<end)
+            pos = end
+        }
+        return out
+    }
+
+    /// Writes `count` zero bytes into `image` at `offset`, in chunks.
+    static func writeZeros(_ image: any DiskImage, at offset: UInt64, count: UInt64, zeros: UnsafeRawBufferPointer) throws {
+        var done: UInt64 = 0
+        while done < count {
+            let n = Int(min(UInt64(zeros.count), count - done))
+            try image.write(UnsafeRawBufferPointer(rebasing: zeros[..<n]), at: offset + done)
+            done += UInt64(n)
+        }
+    }
+
+    /// The absolute, symlink-resolved path as a string (for comparing files).
+    static func key(_ path: FilePath) -> String { FileOps.canonical(path).string }
+
+    /// Whether process `pid` is still running.
+    static func isRunning(_ pid: Int32) -> Bool {
+        kill(pid, 0) == 0 || errno == EPERM
+    }
+}
+
+extension DiskImage {
+    /// The identity as a lowercase string (how records and reports print it).
+    var identityString: String { identity.uuidString.lowercased() }
+}

@@ -1,0 +1,37 @@
+import SystemPackage
+
+/// What a resize did.
+public struct ResizeResult: Codable, Sendable, Equatable {
+    public var path: String
+    public var oldSize: UInt64
+    public var newSize: UInt64
+}
+
+/// Changes an image's virtual size: VHD/VHDX through `MaintainableImage.resize`, raw by truncating.
+/// A disk that is the parent of differencing children is refused (naming them) unless `force`.
+public enum ResizeOperation {
+    public static func resize(path: FilePath, to newSize: UInt64, children: [FilePath] = [], force: Bool = false) throws -> ResizeResult {
+        guard newSize > 0 else { throw DiskError.invalidArgument("\(path.string): the new size must be larger than zero") }
+        let found = ChildFinder.children(of: path, folders: children.filter(MergeOperation.isFolder),
+                                         candidates: children.filter { !MergeOperation.isFolder($0) })
+        let chain = try DiskChain.open(path, writable: true)
+        defer { try? chain.close() }
+        let image = chain.leaf
+        let old = image.virtualSize
+        if newSize == old { return ResizeResult(path: FileOps.absolute(path).string, oldSize: old, newSize: newSize) }
+        if !found.isEmpty, !force { throw DiskError.hasChildren(path: path.string, children: found.map(\.string)) }
+        if let raw = image as? RawImage {
+            if newSize < old, let data = try raw.file.nextData(from: newSize), data < old {
+                throw DiskError.unsupported(path: path.string, reason: "cannot shrink to \(newSize) bytes: the tail holds data (at \(data))")
+            }
+            try raw.resize(to: newSize)
+            try raw.flush()
+        } else if let maintainable = image as? any MaintainableImage {
+            try maintainable.resize(to: newSize)
+            try maintainable.flush()
+        } else {
+            throw DiskError.unsupported(path: path.string, reason: "resizing \(image.format.rawValue) images is not supported")
+        }
+        return ResizeResult(path: FileOps.absolute(path).string, oldSize: old, newSize: image.virtualSize)
+    }
+}

@@ -1,0 +1,30 @@
+import ArgumentParser
+import SystemPackage
+import VirtualDisk
+
+struct DiskConvert: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "convert",
+        abstract: "Copy a disk (or a whole differencing chain, flattened) into a new image of any format and type.",
+        discussion: "SRC is never modified. DST is written under a temporary name and appears only when complete; it must not exist. Holes stay holes and all-zero blocks are not stored."
+    )
+
+    @Argument(help: "The source image (a chain leaf is flattened).") var source: String
+    @Argument(help: "The new image.") var destination: String
+    @Option(help: "vhd, vhdx or raw (default: from DST's extension).") var format: DiskFormat?
+    @Option(help: "fixed or dynamic (default: fixed for a fixed VHD/VHDX source, else dynamic).") var type: DiskType?
+    @Option(help: "Block size of the new image, a power of two.") var blockSize: Size?
+    @Flag(help: "Print the result as JSON.") var json = false
+
+    func run() throws {
+        if let type, type == .differencing { throw ValidationError("--type must be fixed or dynamic") }
+        let bar = ProgressBar("convert")
+        defer { bar.finish() }
+        let result = try ConvertOperation.convert(source: FilePath(source), destination: FilePath(destination),
+                                                  options: ConvertOptions(format: format, type: type, blockSize: blockSize.map { Int($0.bytes) }),
+                                                  progress: bar.handler)
+        bar.finish()
+        if json { try Output.json(result); return }
+        print("converted \(result.source) -> \(result.destination): \(result.format.rawValue) \(result.type.rawValue), \(ByteCount.format(result.virtualSize)), \(ByteCount.format(result.bytesWritten)) written, file \(ByteCount.format(result.allocatedBytes)) on disk")
+    }
+}
