@@ -59,7 +59,11 @@ public enum CompactOperation {
 
     /// Punches holes over every 4 KiB-aligned all-zero run of a raw image's allocated data.
     static func punchZeros(_ raw: RawImage, progress: ProgressHandler?) throws {
-        let extents = try raw.extents(in: 0..<raw.virtualSize).filter { if case .data = $0.kind { return true } else { return false } }
+        let all = try raw.extents(in: 0..<raw.virtualSize)
+        // What SEEK_DATA calls a hole reads as zeros but may still hold preallocated (unwritten)
+        // extents: punch those without reading them.
+        for e in all where e.kind == .unallocated { try raw.file.punchHole(at: e.range.lowerBound, length: UInt64(e.range.count)) }
+        let extents = all.filter { if case .data = $0.kind { return true } else { return false } }
         let total = extents.reduce(UInt64(0)) { $0 + UInt64($1.range.count) }
         let buffer = OperationIO.buffer()
         defer { buffer.deallocate() }

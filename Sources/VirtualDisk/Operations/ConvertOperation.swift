@@ -96,7 +96,7 @@ public enum ConvertOperation {
                 logicalSectorSize: logical))
             var written: UInt64 = 0
             do {
-                written = try copy(map, from: chain, to: target, total: allocated, progress: progress)
+                written = try copy(map, from: chain, to: target, fixedTarget: type == .fixed, total: allocated, progress: progress)
                 try target.flush()
                 try target.close()
             } catch {
@@ -115,8 +115,8 @@ public enum ConvertOperation {
         }
     }
 
-    /// Copies the mapped runs: in-kernel for raw-to-raw, otherwise read, skip all-zero granules, write.
-    static func copy(_ map: [MappedExtent], from chain: DiskChain, to target: any DiskImage, total: UInt64,
+    /// Copies the mapped runs: in-kernel for raw to fixed raw, otherwise read, skip all-zero granules, write.
+    static func copy(_ map: [MappedExtent], from chain: DiskChain, to target: any DiskImage, fixedTarget: Bool, total: UInt64,
                      progress: ProgressHandler?) throws -> UInt64 {
         let buffer = OperationIO.buffer()
         defer { buffer.deallocate() }
@@ -128,7 +128,7 @@ public enum ConvertOperation {
         for m in map {
             let level = chain.levels[m.level!]
             for piece in OperationIO.chunks(of: m.range) {
-                if target.format == .raw, level.format == .raw, let raw = target as? RawImage {
+                if target.format == .raw, level.format == .raw, fixedTarget, let raw = target as? RawImage {
                     try raw.file.copy(from: level.file, sourceOffset: piece.lowerBound, to: piece.lowerBound,
                                       length: UInt64(piece.count), buffer: buffer)
                     written += UInt64(piece.count)
