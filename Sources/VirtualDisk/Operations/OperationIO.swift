@@ -8,8 +8,9 @@ import SystemPackage
 /// Shared pieces of the disk operations' copy loops: the chunk size, a page-aligned buffer, zero
 /// detection and the test slow-down.
 enum OperationIO {
-    /// Bytes moved per read/write in copy loops: large and aligned, so I/O stays sequential.
-    static let chunkSize = 8 << 20
+    /// Bytes moved per read/write in copy loops: large and aligned, so I/O stays sequential (256 KiB
+    /// under `BULWARK_TEST_SLOW_IO`, so that small test images still take many paced steps).
+    static let chunkSize = slowMicroseconds > 0 ? 256 << 10 : 8 << 20
 
     /// Microseconds to sleep after each chunk, from `BULWARK_TEST_SLOW_IO`. Tests set it so that a
     /// `kill -9` lands in the middle of an operation; it is 0 (no sleeping) otherwise.
