@@ -18,6 +18,9 @@ int bulwark_fifreeze(int fd);
 int bulwark_fithaw(int fd);
 /// syncfs(2); 0 or -1.
 int bulwark_syncfs(int fd);
+/// sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE): start writing dirty pages back without
+/// waiting (length 0 = to the end of the file), so a later fsync has little left to do; 0 or -1.
+int bulwark_start_writeback(int fd, int64_t offset, int64_t length);
 
 #define BULWARK_FALLOC_KEEP_SIZE 0x01
 #define BULWARK_FALLOC_PUNCH_HOLE 0x02

@@ -125,41 +125,53 @@ public enum ConvertOperation {
         var done: UInt64 = 0
         var written: UInt64 = 0
         progress?(0, total)
-        for m in map {
-            let level = chain.levels[m.level!]
-            for piece in OperationIO.chunks(of: m.range) {
-                if target.format == .raw, level.format == .raw, fixedTarget, let raw = target as? RawImage {
-                    try raw.file.copy(from: level.file, sourceOffset: piece.lowerBound, to: piece.lowerBound,
-                                      length: UInt64(piece.count), buffer: buffer)
-                    written += UInt64(piece.count)
-                } else {
-                    let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<piece.count])
-                    try level.read(into: slice, at: piece.lowerBound)
-                    // Granules are aligned to virtual offsets: the piece starts on a chunk boundary or
-                    // at the start of a run, so align the first granule to the virtual granule grid.
-                    let skew = Int(piece.lowerBound % UInt64(granule))
-                    var runs: [Range<Int>] = []
-                    if skew != 0 {
-                        let head = min(granule - skew, piece.count)
-                        if !OperationIO.isZero(UnsafeRawBufferPointer(rebasing: slice[..<head])) { runs.append(0..<head) }
-                        for r in OperationIO.nonZeroRuns(UnsafeRawBufferPointer(rebasing: slice[head...]), granule: granule) {
-                            let shifted = (r.lowerBound + head)..<(r.upperBound + head)
-                            if let last = runs.last, last.upperBound == shifted.lowerBound {
-                                runs[runs.count - 1] = last.lowerBound..<shifted.upperBound
-                            } else { runs.append(shifted) }
-                        }
-                    } else {
-                        runs = OperationIO.nonZeroRuns(UnsafeRawBufferPointer(slice), granule: granule)
-                    }
-                    for r in runs {
-                        try target.write(UnsafeRawBufferPointer(rebasing: slice[r]), at: piece.lowerBound + UInt64(r.lowerBound))
-                        written += UInt64(r.count)
-                    }
-                }
-                done += UInt64(piece.count)
+        var pieces: [(range: Range<UInt64>, level: Int)] = []
+        for m in map { pieces += OperationIO.chunks(of: m.range).map { ($0, m.level!) } }
+        if target.format == .raw, fixedTarget, let raw = target as? RawImage,
+           pieces.allSatisfy({ chain.levels[$0.level].format == .raw }) {
+            // Raw to a preallocated raw file: copy inside the kernel (reflinked where possible).
+            for piece in pieces {
+                try raw.file.copy(from: chain.levels[piece.level].file, sourceOffset: piece.range.lowerBound,
+                                  to: piece.range.lowerBound, length: UInt64(piece.range.count), buffer: buffer)
+                written += UInt64(piece.range.count)
+                done += UInt64(piece.range.count)
                 progress?(done, total)
                 OperationIO.pace()
             }
+            return written
+        }
+        let levels = chain.levels
+        let pipeline = CopyPipeline(pieces: pieces) { piece, buffer in
+            try levels[piece.level].read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<piece.range.count]), at: piece.range.lowerBound)
+        }
+        var unsynced: UInt64 = 0
+        try pipeline.run { piece, data in
+            let slice = UnsafeRawBufferPointer(rebasing: data[..<piece.range.count])
+            // Granules are aligned to the virtual granule grid: a piece starts on a chunk boundary
+            // or at the start of a run, which need not be granule-aligned.
+            let skew = Int(piece.range.lowerBound % UInt64(granule))
+            var runs: [Range<Int>] = []
+            if skew != 0 {
+                let head = min(granule - skew, slice.count)
+                if !OperationIO.isZero(UnsafeRawBufferPointer(rebasing: slice[..<head])) { runs.append(0..<head) }
+                for r in OperationIO.nonZeroRuns(UnsafeRawBufferPointer(rebasing: slice[head...]), granule: granule) {
+                    let shifted = (r.lowerBound + head)..<(r.upperBound + head)
+                    if let last = runs.last, last.upperBound == shifted.lowerBound {
+                        runs[runs.count - 1] = last.lowerBound..<shifted.upperBound
+                    } else { runs.append(shifted) }
+                }
+            } else {
+                runs = OperationIO.nonZeroRuns(slice, granule: granule)
+            }
+            for r in runs {
+                try target.write(UnsafeRawBufferPointer(rebasing: slice[r]), at: piece.range.lowerBound + UInt64(r.lowerBound))
+                written += UInt64(r.count)
+                unsynced += UInt64(r.count)
+            }
+            OperationIO.startWriteback(target.file, written: &unsynced)
+            done += UInt64(piece.range.count)
+            progress?(done, total)
+            OperationIO.pace()
         }
         return written
     }

@@ -201,13 +201,12 @@ public enum MergeOperation {
         }
         let map = try DiskChain(levels: levels).map(0..<ancestor.virtualSize).filter { $0.level != nil }
         let total = map.reduce(UInt64(0)) { $0 + UInt64($1.range.count) }
-        let buffer = OperationIO.buffer()
-        defer { buffer.deallocate() }
-        var done: UInt64 = 0
-        progress?(0, total)
+        // What to write: every run a merged level holds (newest level wins, as the map says), except
+        // explicit zero runs where the ancestor already reads zeros.
+        var pieces: [(range: Range<UInt64>, level: Int?)] = []
+        var skipped: UInt64 = 0
         for m in map {
             if m.isZero {
-                // An explicit zero run: needed only where the ancestor would read something else.
                 let alreadyZero = try ancestor.extents(in: m.range).allSatisfy {
                     switch $0.kind {
                     case .zero: return true
@@ -215,26 +214,30 @@ public enum MergeOperation {
                     case .data: return false
                     }
                 }
-                if !alreadyZero {
-                    buffer.initializeMemory(as: UInt8.self, repeating: 0)
-                    for piece in OperationIO.chunks(of: m.range) {
-                        try ancestor.write(UnsafeRawBufferPointer(rebasing: buffer[..<piece.count]), at: piece.lowerBound)
-                        OperationIO.pace()
-                    }
-                }
-                done += UInt64(m.range.count)
-                progress?(done, total)
-                continue
+                if alreadyZero { skipped += UInt64(m.range.count); continue }
+                pieces += OperationIO.chunks(of: m.range).map { ($0, nil) }
+            } else {
+                pieces += OperationIO.chunks(of: m.range).map { ($0, m.level) }
             }
-            let source = levels[m.level!]
-            for piece in OperationIO.chunks(of: m.range) {
-                let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<piece.count])
-                try source.read(into: slice, at: piece.lowerBound)
-                try ancestor.write(UnsafeRawBufferPointer(slice), at: piece.lowerBound)
-                done += UInt64(piece.count)
-                progress?(done, total)
-                OperationIO.pace()
+        }
+        var done = skipped
+        progress?(done, total)
+        let pipeline = CopyPipeline(pieces: pieces) { piece, buffer in
+            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<piece.range.count])
+            if let level = piece.level {
+                try levels[level].read(into: slice, at: piece.range.lowerBound)
+            } else {
+                slice.initializeMemory(as: UInt8.self, repeating: 0)
             }
+        }
+        var unsynced: UInt64 = 0
+        try pipeline.run { piece, buffer in
+            try ancestor.write(UnsafeRawBufferPointer(rebasing: buffer[..<piece.range.count]), at: piece.range.lowerBound)
+            unsynced += UInt64(piece.range.count)
+            OperationIO.startWriteback(ancestor.file, written: &unsynced)
+            done += UInt64(piece.range.count)
+            progress?(done, total)
+            OperationIO.pace()
         }
         try ancestor.flush()
         return done

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import CLinux
 import SystemPackage
 
 /// Shared pieces of the disk operations' copy loops: the chunk size, a page-aligned buffer, zero
@@ -84,6 +85,15 @@ enum OperationIO {
 
     /// The absolute, symlink-resolved path as a string (for comparing files).
     static func key(_ path: FilePath) -> String { FileOps.canonical(path).string }
+
+    /// Starts writing `file`'s dirty pages to disk without waiting, once every `writebackInterval` bytes
+    /// written (`written` counts them), so the final fsync is short and writeback overlaps the copy.
+    static func startWriteback(_ file: BlockFile, written: inout UInt64) {
+        guard written >= writebackInterval else { return }
+        written = 0
+        _ = bulwark_start_writeback(file.descriptor.rawValue, 0, 0)
+    }
+    static let writebackInterval: UInt64 = 128 << 20
 
     /// Whether process `pid` is still running.
     static func isRunning(_ pid: Int32) -> Bool {
