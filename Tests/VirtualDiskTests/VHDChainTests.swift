@@ -1,0 +1,120 @@
+import Foundation
+import PropertyBased
+import SystemPackage
+import Testing
+import TestSupport
+@testable import VirtualDisk
+
+/// Differencing chains made by Bulwark read the same through Bulwark, through libvhdi (pyvhdi) and
+/// in an in-memory model of the expected bytes.
+@Suite struct VHDChainTests {
+    /// Makes base → child1 → child2 with random writes at every level; returns the paths (base first)
+    /// and the model of every level.
+    static func makeChain(_ dir: TempDir, size: Int, blockSize: Int?, seed: UInt64) throws -> (paths: [String], models: [[UInt8]]) {
+        var rng = SeededRandom(seed: seed)
+        var paths: [String] = []
+        var models: [[UInt8]] = []
+        var model = [UInt8](repeating: 0, count: size)
+        for level in 0..<3 {
+            let path = dir.file("level\(level).vhd")
+            let options = level == 0
+                ? CreateOptions(format: .vhd, type: .dynamic, virtualSize: UInt64(size), blockSize: blockSize)
+                : CreateOptions(format: .vhd, type: .differencing, blockSize: blockSize, parentPath: FilePath(paths[level - 1]))
+            let image = try DiskImages.create(at: FilePath(path), options: options)
+            #expect(image.virtualSize == UInt64(size))
+            try VHDTest.randomWrites(image, &model, count: 25, maxLength: 200_000, rng: &rng)
+            if level > 0 {
+                // Zeros over data the parent holds, unaligned at both ends.
+                let zeros = [UInt8](repeating: 0, count: 5000)
+                let at = model.firstIndex { $0 != 0 } ?? 0
+                try VHDTest.write(image, &model, zeros, at: min(at + 3, size - zeros.count))
+                // A one-byte write in the middle of a parent's sector.
+                try VHDTest.write(image, &model, [0x5A], at: min(at + 10_001, size - 1))
+            }
+            #expect(try VHDTest.readAll(image) == model)
+            for l in image.chain { try l.close() }
+            paths.append(path)
+            models.append(model)
+        }
+        return (paths, models)
+    }
+
+    @Test(arguments: [nil as Int?, 512 << 10, 32 << 10])
+    func threeLevelChainReadsTheSameEverywhere(blockSize: Int?) throws {
+        let dir = try TempDir()
+        let size = (12 << 20) + 3 * 512
+        let (paths, models) = try Self.makeChain(dir, size: size, blockSize: blockSize, seed: UInt64(blockSize ?? 7))
+        let chain = try DiskChain.open(FilePath(paths[2]))
+        defer { try? chain.close() }
+        #expect(chain.levels.count == 3)
+        #expect(chain.levels.map(\.type) == [.differencing, .differencing, .dynamic])
+        #expect(try VHDTest.readAll(chain.leaf) == models[2])
+        // Intermediate levels too.
+        let middle = try DiskChain.open(FilePath(paths[1]))
+        defer { try? middle.close() }
+        #expect(try VHDTest.readAll(middle.leaf) == models[1])
+
+        guard try TestEnv.prerequisite(TestEnv.pyvhdiAvailable(), "pyvhdi in /usr/bin/python3") else { return }
+        #expect(try VHDTest.pyvhdiRead(paths, dir: dir) == models[2])
+        #expect(try VHDTest.pyvhdiRead(Array(paths[0...1]), dir: dir) == models[1])
+    }
+
+    @Test func childRecordsParentIdentityAndLocators() throws {
+        let dir = try TempDir()
+        let (paths, _) = try Self.makeChain(dir, size: 4 << 20, blockSize: nil, seed: 3)
+        let leaf = try DiskImages.openLevel(FilePath(paths[2]))
+        defer { try? leaf.close() }
+        let parent = try DiskImages.openLevel(FilePath(paths[1]))
+        defer { try? parent.close() }
+        let link = try #require(leaf.parentLink)
+        #expect(link.expectedID == parent.identity)
+        #expect(link.locators.map(\.kind) == [.relative, .absolute])
+        #expect(link.locators[0].path == ".\\level1.vhd")
+        #expect(link.locators[1].path == FileOps.absolute(FilePath(paths[1])).string)
+        #expect(leaf.properties["parent name"] == FileOps.absolute(FilePath(paths[1])).string)
+        #expect(leaf.properties["parent unique id"] == parent.identity.uuidString.lowercased())
+    }
+
+    @Test func mapShowsWhichLevelHoldsEachByte() throws {
+        let dir = try TempDir()
+        let base = dir.file("base.vhd"), child = dir.file("child.vhd")
+        let b = try DiskImages.create(at: FilePath(base), options: CreateOptions(format: .vhd, type: .dynamic, virtualSize: 8 << 20))
+        try b.write([UInt8](repeating: 1, count: 4096), at: 0)
+        try b.close()
+        let c = try DiskImages.create(at: FilePath(child), options: CreateOptions(format: .vhd, type: .differencing, parentPath: FilePath(base)))
+        try c.write([UInt8](repeating: 2, count: 4096), at: 2 << 20)
+        for l in c.chain { try l.close() }
+        let chain = try DiskChain.open(FilePath(child))
+        defer { try? chain.close() }
+        let data = try chain.map().filter { !$0.isZero }
+        // A dynamic VHD block is defined whole once allocated (all bitmap bits set, as qemu does).
+        #expect(data == [MappedExtent(range: 0..<(2 << 20), level: 1, isZero: false),
+                         MappedExtent(range: (2 << 20)..<(2 << 20) + 4096, level: 0, isZero: false)])
+    }
+
+    @Test func randomWriteSequencesMatchTheModel() async throws {
+        let size = 3 << 20
+        let write = zip(Gen.int(in: 0...(size - 1)), Gen.int(in: 1...150_000), Gen.int(in: 0...3))
+        await propertyCheck(count: 25, input: write.array(of: 1...12), Gen.int(in: 0...3)) { writes, layout in
+            let dir = try TempDir()
+            let blockSize = [nil, 64 << 10, 4096, 1 << 20][layout]
+            let base = dir.file("base.vhd"), child = dir.file("child.vhd")
+            var model = [UInt8](repeating: 0, count: size)
+            var rng = SeededRandom(seed: UInt64(writes.count * 31 + layout))
+            let b = try DiskImages.create(at: FilePath(base), options: CreateOptions(format: .vhd, type: .dynamic, virtualSize: UInt64(size), blockSize: blockSize))
+            try VHDTest.write(b, &model, rng.bytes(size / 3), at: size / 4)
+            try b.close()
+            let c = try DiskImages.create(at: FilePath(child), options: CreateOptions(format: .vhd, type: .differencing, parentPath: FilePath(base)))
+            for (offset, length, kind) in writes {
+                let n = min(length, size - offset)
+                let data = kind == 0 ? [UInt8](repeating: 0, count: n) : rng.bytes(n)
+                try VHDTest.write(c, &model, data, at: offset)
+            }
+            #expect(try VHDTest.readAll(c) == model)
+            for l in c.chain { try l.close() }
+            let chain = try DiskChain.open(FilePath(child))
+            defer { try? chain.close() }
+            #expect(try VHDTest.readAll(chain.leaf) == model)
+        }
+    }
+}
