@@ -248,3 +248,49 @@ import TestSupport
         #expect((cj["properties"] as? [String: String])?["parent name"] == base)
     }
 }
+
+/// Random damage never traps: every open, read and check either works or throws a DiskError.
+@Suite struct VHDFuzzTests {
+    @Test func randomDamageNeverCrashes() throws {
+        let dir = try TempDir()
+        let (_, child) = try VHDErrorTests.makePair(dir)
+        let pristine = try VHDTest.bytes(child)
+        var rng = SeededRandom(seed: UInt64(ProcessInfo.processInfo.environment["VHD_FUZZ_SEED"] ?? "99") ?? 99)
+        var opened = 0, refused = 0
+        for round in 0..<150 {
+            var bytes = [UInt8](pristine)
+            // Damage the footer copy, the header, the BAT or the locators (and sometimes fix the checksums,
+            // so the damage reaches the fields behind them).
+            for _ in 0..<(1 + Int(rng.next() % 4)) {
+                let region = [0..<512, 512..<1536, 1536..<2048, 2048..<min(bytes.count, 4096)][Int(rng.next() % 4)]
+                let at = region.lowerBound + Int(rng.next() % UInt64(region.count))
+                bytes[at] = UInt8(truncatingIfNeeded: rng.next())
+            }
+            if round % 2 == 0 {
+                VHDBytes.put32(&bytes, 64, VHDBytes.checksum(Array(bytes[0..<512]), skipping: 64))
+                var header = Array(bytes[512..<1536])
+                VHDBytes.put32(&header, 36, VHDBytes.checksum(header, skipping: 36))
+                bytes.replaceSubrange(512..<1536, with: header)
+                // Let the copy at 0 win by spoiling the end footer.
+                bytes[bytes.count - 512] = 0
+            }
+            let path = dir.file("fuzz\(round).vhd")
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+            do {
+                let image = try DiskImages.openLevel(FilePath(path))
+                _ = try? image.read(count: Int(min(image.virtualSize, 1 << 20)), at: 0)
+                _ = image.properties
+                _ = image.parentLink
+                try image.close()
+                opened += 1
+            } catch is DiskError {
+                refused += 1
+            }
+            _ = try VHDFormat.check(FilePath(path), repair: false)
+            #expect(try VHDTest.bytes(path) == Data(bytes))
+            try FileManager.default.removeItem(atPath: path)
+        }
+        #expect(opened + refused == 150)
+        #expect(refused > 0)
+    }
+}

@@ -79,8 +79,8 @@ extension VHDFormat: CheckableFormat {
             return f
         }
         f.header = header
-        let tableEnd = header.tableOffset + UInt64(header.maxTableEntries) * 4
-        guard tableEnd <= size else {
+        let tableEnd = header.tableOffset &+ UInt64(header.maxTableEntries) * 4
+        guard header.tableOffset < size, tableEnd <= size else {
             problem(.error, "the BAT (offset \(header.tableOffset), \(header.maxTableEntries) entries) reaches past the end of the file (\(size) bytes)")
             return f
         }
@@ -99,11 +99,11 @@ extension VHDFormat: CheckableFormat {
         if footer.diskKind == .differencing {
             var usable = 0
             for (i, l) in header.locators.enumerated() where l.isUsed {
-                let range = l.dataOffset..<l.dataOffset + max(UInt64(l.dataLength), 1)
-                if range.upperBound > size {
+                guard l.dataOffset < size, l.dataOffset + UInt64(l.dataLength) <= size else {
                     problem(.error, "parent locator \(i) (\(VHDBytes.fourCC(l.platformCode))) data at \(l.dataOffset)+\(l.dataLength) lies past the end of the file")
                     continue
                 }
+                let range = l.dataOffset..<l.dataOffset + max(UInt64(l.dataLength), 1)
                 if let clash = metadata.first(where: { $0.1.overlaps(range) }) {
                     problem(.error, "parent locator \(i) data at \(l.dataOffset) overlaps \(clash.0)")
                 }
@@ -150,8 +150,9 @@ extension VHDFormat: CheckableFormat {
             repairs.append("dropped \(f.pastEnd.count) BAT entr\(f.pastEnd.count == 1 ? "y" : "ies") pointing past the end of the file (\(f.pastEnd.map(String.init).joined(separator: ", "))); those blocks now read from the parent or as zeros")
         }
         if f.endFooter == nil {
+            let size = try file.size()
             var end: UInt64 = max(512, footer.dataOffset + 1024, header.tableOffset + header.tableBytes)
-            for l in header.locators where l.isUsed { end = max(end, l.dataOffset + l.spaceBytes) }
+            for l in header.locators where l.isUsed && l.dataOffset < size { end = max(end, l.dataOffset + l.spaceBytes) }
             let slot = UInt64(header.bitmapBytes) + UInt64(header.blockSize)
             for e in bat where e != VHDImage.unused { end = max(end, UInt64(e) * 512 + slot) }
             end = VHDBytes.roundUp(end, 512)

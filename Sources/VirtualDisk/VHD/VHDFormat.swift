@@ -92,7 +92,7 @@ public enum VHDFormat: DiskImageFormat {
     static func readLocators(_ file: BlockFile, header: VHDDynamicHeader, size: UInt64) -> [ParentLocator] {
         var out: [ParentLocator] = []
         for l in header.locators where l.isUsed {
-            guard l.dataLength > 0, l.dataLength <= 64 * 1024, l.dataOffset + UInt64(l.dataLength) <= size,
+            guard l.dataLength > 0, l.dataLength <= 64 * 1024, l.dataOffset < size, l.dataOffset + UInt64(l.dataLength) <= size,
                   let bytes = try? file.read(count: Int(l.dataLength), at: l.dataOffset) else { continue }
             switch l.platformCode {
             case VHDLocatorEntry.relativeCode:

@@ -351,7 +351,8 @@ public final class VHDImage: MaintainableImage {
     func structuresEnd() -> UInt64 {
         guard let header else { return footerOffset }
         var end = max(512, footer.dataOffset + UInt64(VHDDynamicHeader.size), header.tableOffset + header.tableBytes)
-        for l in header.locators where l.isUsed { end = max(end, l.dataOffset + l.spaceBytes) }
+        let fileSize = (try? file.size()) ?? 0
+        for l in header.locators where l.isUsed && l.dataOffset < fileSize { end = max(end, l.dataOffset + l.spaceBytes) }
         let slot = UInt64(bitmapBytes) + UInt64(header.blockSize)
         for e in bat where e != Self.unused { end = max(end, UInt64(e) * 512 + slot) }
         return VHDBytes.roundUp(end, 512)
