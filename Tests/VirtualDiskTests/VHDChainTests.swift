@@ -117,4 +117,27 @@ import TestSupport
             #expect(try VHDTest.readAll(chain.leaf) == model)
         }
     }
+
+    @Test func locatorDataSpaceInBytesOrSectors() throws {
+        #expect(VHDLocatorEntry(platformCode: 1, dataSpace: 1, dataLength: 40, dataOffset: 0).spaceBytes == 512)
+        #expect(VHDLocatorEntry(platformCode: 1, dataSpace: 512, dataLength: 40, dataOffset: 0).spaceBytes == 512)
+        #expect(VHDLocatorEntry(platformCode: 1, dataSpace: 2, dataLength: 600, dataOffset: 0).spaceBytes == 1024)
+        #expect(VHDLocatorEntry(platformCode: 1, dataSpace: 1024, dataLength: 600, dataOffset: 0).spaceBytes == 1024)
+
+        // A child written with the data space in sectors (as the specification says) opens the same.
+        let dir = try TempDir()
+        let (_, child) = try VHDErrorTests.makePair(dir)
+        try VHDErrorTests.editHeader(child) { header in
+            for i in 0..<8 {
+                let at = 576 + 24 * i + 4
+                let space = VHDBytes.u32(header, at)
+                if space >= 512 { VHDBytes.put32(&header, at, space / 512) }
+            }
+        }
+        #expect(try VHDFormat.check(FilePath(child), repair: false).problems == [])
+        let chain = try DiskChain.open(FilePath(child))
+        defer { try? chain.close() }
+        #expect(chain.levels.count == 2)
+        #expect(try chain.leaf.read(count: 1000, at: 3000) == [UInt8](repeating: 4, count: 1000))
+    }
 }

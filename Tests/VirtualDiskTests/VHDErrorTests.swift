@@ -124,6 +124,25 @@ import TestSupport
         #expect(try VHDFormat.check(FilePath(path), repair: false).problems == [])
     }
 
+    @Test func aCrashBeforeTheBATUpdateLeavesTheOldImage() throws {
+        let dir = try TempDir()
+        let path = try Self.makeDynamic(dir)
+        let original = try VHDTest.readAll(try DiskImages.openLevel(FilePath(path)))
+        let image = try DiskImages.openLevel(FilePath(path), writable: true)
+        try image.write([UInt8](repeating: 7, count: 8192), at: 7 << 20)   // a new block
+        // The file as a crash now would leave it: block and footer appended, BAT not yet updated.
+        let snapshot = dir.file("crashed.vhd")
+        try FileManager.default.copyItem(atPath: path, toPath: snapshot)
+        try image.close()
+        let crashed = try DiskImages.openLevel(FilePath(snapshot))
+        defer { try? crashed.close() }
+        #expect(try VHDTest.readAll(crashed) == original)
+        #expect(try VHDFormat.check(FilePath(snapshot), repair: false).problems == [])
+        let done = try DiskImages.openLevel(FilePath(path))
+        defer { try? done.close() }
+        #expect(try done.read(count: 8192, at: 7 << 20) == [UInt8](repeating: 7, count: 8192))
+    }
+
     @Test func badArgumentsAreRefused() throws {
         let dir = try TempDir()
         #expect(throws: DiskError.invalidArgument("\(dir.file("a.vhd")): VHD block size 3145728 must be a power of two from 512 bytes to 256 MiB (default 2 MiB)")) {
