@@ -31,7 +31,7 @@ import TestSupport
                 // A one-byte write in the middle of a parent's sector.
                 try VHDTest.write(image, &model, [0x5A], at: min(at + 10_001, size - 1))
             }
-            #expect(try VHDTest.readAll(image) == model)
+            #expect(VHDTest.mismatch(try VHDTest.readAll(image), model) == nil)
             for l in image.chain { try l.close() }
             paths.append(path)
             models.append(model)
@@ -48,15 +48,15 @@ import TestSupport
         defer { try? chain.close() }
         #expect(chain.levels.count == 3)
         #expect(chain.levels.map(\.type) == [.differencing, .differencing, .dynamic])
-        #expect(try VHDTest.readAll(chain.leaf) == models[2])
+        #expect(VHDTest.mismatch(try VHDTest.readAll(chain.leaf), models[2]) == nil)
         // Intermediate levels too.
         let middle = try DiskChain.open(FilePath(paths[1]))
         defer { try? middle.close() }
-        #expect(try VHDTest.readAll(middle.leaf) == models[1])
+        #expect(VHDTest.mismatch(try VHDTest.readAll(middle.leaf), models[1]) == nil)
 
         guard try TestEnv.prerequisite(TestEnv.pyvhdiAvailable(), "pyvhdi in /usr/bin/python3") else { return }
-        #expect(try VHDTest.pyvhdiRead(paths, dir: dir) == models[2])
-        #expect(try VHDTest.pyvhdiRead(Array(paths[0...1]), dir: dir) == models[1])
+        #expect(VHDTest.mismatch(try VHDTest.pyvhdiRead(paths, dir: dir), models[2]) == nil)
+        #expect(VHDTest.mismatch(try VHDTest.pyvhdiRead(Array(paths[0...1]), dir: dir), models[1]) == nil)
     }
 
     @Test func childRecordsParentIdentityAndLocators() throws {
@@ -110,11 +110,11 @@ import TestSupport
                 let data = kind == 0 ? [UInt8](repeating: 0, count: n) : rng.bytes(n)
                 try VHDTest.write(c, &model, data, at: offset)
             }
-            #expect(try VHDTest.readAll(c) == model)
+            #expect(VHDTest.mismatch(try VHDTest.readAll(c), model) == nil)
             for l in c.chain { try l.close() }
             let chain = try DiskChain.open(FilePath(child))
             defer { try? chain.close() }
-            #expect(try VHDTest.readAll(chain.leaf) == model)
+            #expect(VHDTest.mismatch(try VHDTest.readAll(chain.leaf), model) == nil)
         }
     }
 
