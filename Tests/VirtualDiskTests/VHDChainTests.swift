@@ -140,4 +140,25 @@ import TestSupport
         #expect(chain.levels.count == 2)
         #expect(try chain.leaf.read(count: 1000, at: 3000) == [UInt8](repeating: 4, count: 1000))
     }
+
+    @Test func partialBitmapBytesAreReadMostSignificantBitFirst() throws {
+        let dir = try TempDir()
+        let base = dir.file("base.vhd"), child = dir.file("child.vhd")
+        let b = try DiskImages.create(at: FilePath(base), options: CreateOptions(format: .vhd, type: .dynamic, virtualSize: 4 << 20))
+        try b.write([UInt8](repeating: 0xAA, count: 8192), at: 0)
+        try b.close()
+        let c = try #require(try DiskImages.create(at: FilePath(child), options: CreateOptions(format: .vhd, type: .differencing, parentPath: FilePath(base))) as? VHDImage)
+        try c.write([UInt8](repeating: 0xBB, count: 8192), at: 0)
+        let bitmapOffset = UInt64(c.bat[0]) * 512
+        for l in c.chain { try l.close() }
+        // Sector 0 and sector 10 present in the child, the rest from the parent.
+        try VHDErrorTests.patch(child, at: bitmapOffset, [0x80, 0x20])
+        let chain = try DiskChain.open(FilePath(child))
+        defer { try? chain.close() }
+        var expected = [UInt8](repeating: 0xAA, count: 8192)
+        expected.replaceSubrange(0..<512, with: [UInt8](repeating: 0xBB, count: 512))
+        expected.replaceSubrange(5120..<5632, with: [UInt8](repeating: 0xBB, count: 512))
+        #expect(try chain.leaf.read(count: 8192, at: 0) == expected)
+        #expect(try chain.map(0..<8192).map(\.level) == [0, 1, 0, 1])
+    }
 }
