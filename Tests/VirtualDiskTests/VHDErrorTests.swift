@@ -232,6 +232,26 @@ import TestSupport
         #expect(create.err.contains("power of two"))
     }
 
+    @Test func readToAFileLeavesZerosAsHoles() throws {
+        let dir = try TempDir()
+        let base = dir.file("base.vhd"), child = dir.file("child.vhd"), out = dir.file("out.raw")
+        try runChecked(TestEnv.bulwark, ["disk", "create", base, "--size", "24M"])
+        try runChecked(TestEnv.bulwark, ["disk", "create", child, "--parent", base])
+        var rng = SeededRandom(seed: 4)
+        let a = Data(rng.bytes(100_000)), b = Data(rng.bytes(3000))
+        try runChecked(TestEnv.bulwark, ["disk", "write", base, "--offset", "1000"], input: a)
+        try runChecked(TestEnv.bulwark, ["disk", "write", child, "--offset", "20000000"], input: b)
+        try runChecked(TestEnv.bulwark, ["disk", "read", child, "--output", out])
+        let streamed = try runChecked(TestEnv.bulwark, ["disk", "read", child]).stdout
+        let written = try VHDTest.bytes(out)
+        #expect(written.count == 24 << 20)
+        #expect(written == streamed)
+        #expect(written[1000..<101_000] == a)
+        #expect(written[20_000_000..<20_003_000] == b)
+        var st = stat()
+        #expect(stat(out, &st) == 0 && Int(st.st_blocks) * 512 < 8 << 20, "zeros were written instead of left as holes")
+    }
+
     @Test func infoJSONShowsTheVHDFields() throws {
         let dir = try TempDir()
         let base = dir.file("base.vhd"), child = dir.file("child.vhd")
