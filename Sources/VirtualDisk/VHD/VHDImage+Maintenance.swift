@@ -159,7 +159,7 @@ extension VHDImage {
                 try file.read(into: slice, at: fileOffset)
                 if !slice.allSatisfy({ $0 == 0 }) { zero = false; break }
                 if isDifferencing {
-                    try readParent(into: slice, at: e.range.lowerBound)
+                    try readBelow(into: slice, at: e.range.lowerBound)
                     if !slice.allSatisfy({ $0 == 0 }) { zero = false; break }
                 }
             }

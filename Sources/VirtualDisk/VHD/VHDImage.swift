@@ -154,31 +154,6 @@ public final class VHDImage: MaintainableImage {
         return coalesce(out)
     }
 
-    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
-        try checkRange(offset: offset, length: buffer.count)
-        guard !buffer.isEmpty else { return }
-        for extent in try extents(in: offset..<offset + UInt64(buffer.count)) {
-            let lower = Int(extent.range.lowerBound - offset)
-            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[lower..<lower + extent.range.count])
-            switch extent.kind {
-            case .data(let fileOffset): try file.read(into: slice, at: fileOffset)
-            case .zero: slice.initializeMemory(as: UInt8.self, repeating: 0)
-            case .unallocated: try readParent(into: slice, at: extent.range.lowerBound)
-            }
-        }
-    }
-
-    /// Reads what lies below this level: the parent's bytes (zeros past its end), or zeros.
-    func readParent(into slice: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
-        guard let parent, offset < parent.virtualSize else {
-            slice.initializeMemory(as: UInt8.self, repeating: 0)
-            return
-        }
-        let n = Int(min(UInt64(slice.count), parent.virtualSize - offset))
-        try parent.read(into: UnsafeMutableRawBufferPointer(rebasing: slice[..<n]), at: offset)
-        if n < slice.count { UnsafeMutableRawBufferPointer(rebasing: slice[n...]).initializeMemory(as: UInt8.self, repeating: 0) }
-    }
-
     static func bit(_ bitmap: [UInt8], _ sector: Int) -> Bool {
         bitmap[sector >> 3] & (0x80 >> UInt8(sector & 7)) != 0
     }
@@ -265,7 +240,7 @@ public final class VHDImage: MaintainableImage {
                     if present {
                         try file.read(into: slice, at: dataStart + UInt64(s * 512))
                     } else {
-                        try readParent(into: slice, at: blockVirtual + UInt64(s * 512))
+                        try readBelow(into: slice, at: blockVirtual + UInt64(s * 512))
                     }
                     s = e
                 }
