@@ -59,19 +59,23 @@ enum OpsCLI {
     }
 
     /// Runs the CLI, sends SIGKILL after `delay` microseconds; whether the kill hit a running process.
-    static func runKilled(_ arguments: [String], after delay: UInt32, slowIO: Int) throws -> (killed: Bool, status: Int32) {
+    static func runKilled(_ arguments: [String], after delay: UInt32, slowIO: Int) throws -> (killed: Bool, status: Int32, err: String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: TestEnv.bulwark)
         p.arguments = arguments
         p.environment = ProcessInfo.processInfo.environment.merging(["BULWARK_TEST_SLOW_IO": "\(slowIO)"]) { $1 }
         p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
+        let errFile = NSTemporaryDirectory() + "ops-killed-\(UUID().uuidString.prefix(8)).err"
+        FileManager.default.createFile(atPath: errFile, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: errFile) }
+        p.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errFile))
         try p.run()
         usleep(delay)
         var killed = false
         if p.isRunning { killed = kill(p.processIdentifier, SIGKILL) == 0 }
         p.waitUntilExit()
-        return (killed && p.terminationReason == .uncaughtSignal, p.terminationStatus)
+        let err = (try? String(contentsOfFile: errFile, encoding: .utf8)) ?? ""
+        return (killed && p.terminationReason == .uncaughtSignal, p.terminationStatus, err)
     }
 
     /// How long one uninterrupted run takes (microseconds), to spread kills over it.

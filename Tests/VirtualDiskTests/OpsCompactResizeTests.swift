@@ -17,6 +17,9 @@ import TestSupport
         let paths = try Ops.buildChain(in: dir, format: format, baseType: type, depth: depth, rng: &rng, model: &model)
         // Zero-filled data over whole blocks of the top level.
         let leaf = try DiskChain.open(paths.last!, writable: true)
+        // Data first, so the blocks are allocated (formats skip writing zeros into unallocated blocks).
+        try leaf.leaf.write(rng.bytes(2 << 20), at: 4 << 20)
+        try leaf.leaf.flush()
         let zeros = [UInt8](repeating: 0, count: 2 << 20)
         try leaf.leaf.write(zeros, at: 4 << 20)
         model.write(level: depth, offset: 4 << 20, bytes: zeros)

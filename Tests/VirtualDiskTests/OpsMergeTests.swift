@@ -15,7 +15,7 @@ import TestSupport
         guard Ops.require(format) else { return }
         for seed in UInt64(1)...4 {
             let dir = try TempDir("ops-merge")
-            var rng = SeededRandom(seed: seed &* 7919 &+ UInt64(format.hashValue & 0xff))
+            var rng = SeededRandom(seed: seed &* 7919 &+ UInt64(format.rawValue.count * 2 + (baseType == .fixed ? 1 : 0)))
             var model = ChainModel(size: Ops.size)
             let depth = Int.random(in: 1...3, using: &rng)
             let paths = try Ops.buildChain(in: dir, format: format, baseType: baseType, depth: depth, rng: &rng, model: &model)

@@ -22,9 +22,11 @@ public enum CompactOperation {
         let found = ChildFinder.children(of: path, folders: children.filter(MergeOperation.isFolder),
                                          candidates: children.filter { !MergeOperation.isFolder($0) })
         if !found.isEmpty, !force { throw DiskError.hasChildren(path: path.string, children: found.map(\.string)) }
-        let image = try DiskImages.openLevel(path, writable: true)
+        // The whole chain: a differencing level compares its zero blocks with what its parent reads.
+        let chain = try DiskChain.open(path, writable: true)
+        let image = chain.leaf
         var closed = false
-        defer { if !closed { try? image.close() } }
+        defer { if !closed { try? chain.close() } }
         let before = try image.file.allocatedBytes()
         let oldID = image.identity
         var reclaimed: UInt64
@@ -41,7 +43,7 @@ public enum CompactOperation {
         let after = try image.file.allocatedBytes()
         if image.format == .raw { reclaimed = before - min(before, after) }
         let newID = image.identity
-        try image.close()
+        try chain.close()
         closed = true
         var repointed: [String] = []
         if newID != oldID {
