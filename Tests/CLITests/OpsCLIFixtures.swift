@@ -66,7 +66,7 @@ enum OpsCLI {
         p.environment = ProcessInfo.processInfo.environment.merging(["BULWARK_TEST_SLOW_IO": "\(slowIO)"]) { $1 }
         p.standardOutput = FileHandle.nullDevice
         let errFile = NSTemporaryDirectory() + "ops-killed-\(UUID().uuidString.prefix(8)).err"
-        FileManager.default.createFile(atPath: errFile, contents: nil)
+        _ = FileManager.default.createFile(atPath: errFile, contents: nil)
         defer { try? FileManager.default.removeItem(atPath: errFile) }
         p.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errFile))
         try p.run()

@@ -141,7 +141,11 @@ public enum ConvertOperation {
             return written
         }
         let levels = chain.levels
-        let pipeline = CopyPipeline(pieces: pieces) { piece, buffer in
+        // Targets whose bytes sit at fixed file offsets are written straight into the file, from two
+        // threads; the others through the format, in order.
+        let layout = try fileLayout(of: target)
+        let counters = NSLock()
+        let pipeline = CopyPipeline(pieces: pieces, writers: layout == nil ? 1 : 2) { piece, buffer in
             try levels[piece.level].read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<piece.range.count]), at: piece.range.lowerBound)
         }
         var unsynced: UInt64 = 0
@@ -163,17 +167,62 @@ public enum ConvertOperation {
             } else {
                 runs = OperationIO.nonZeroRuns(slice, granule: granule)
             }
+            var bytes: UInt64 = 0
             for r in runs {
-                try target.write(UnsafeRawBufferPointer(rebasing: slice[r]), at: piece.range.lowerBound + UInt64(r.lowerBound))
-                written += UInt64(r.count)
-                unsynced += UInt64(r.count)
+                let bytesOfRun = UnsafeRawBufferPointer(rebasing: slice[r])
+                let at = piece.range.lowerBound + UInt64(r.lowerBound)
+                if let layout {
+                    try writeDirect(bytesOfRun, at: at, layout: layout, file: target.file)
+                } else {
+                    try target.write(bytesOfRun, at: at)
+                }
+                bytes += UInt64(r.count)
             }
+            counters.lock()
+            defer { counters.unlock() }
+            written += bytes
+            unsynced += bytes
             OperationIO.startWriteback(target.file, written: &unsynced)
             done += UInt64(piece.range.count)
             progress?(done, total)
             OperationIO.pace()
         }
         return written
+    }
+
+    /// Where each virtual byte of `target` lives in its file, for targets where writing never moves or
+    /// allocates anything (raw images; fixed images whose every block is stored), as sorted runs; nil
+    /// for the others, which must be written through the format.
+    static func fileLayout(of target: any DiskImage) throws -> [(range: Range<UInt64>, fileOffset: UInt64)]? {
+        if target is RawImage { return [(0..<target.virtualSize, 0)] }
+        guard target.type == .fixed else { return nil }
+        var layout: [(range: Range<UInt64>, fileOffset: UInt64)] = []
+        for e in coalesce(try target.extents(in: 0..<target.virtualSize)) {
+            guard case .data(let offset) = e.kind else { return nil }
+            layout.append((e.range, offset))
+        }
+        return layout
+    }
+
+    /// Writes `bytes` at virtual `offset` straight into `file` through `layout`.
+    static func writeDirect(_ bytes: UnsafeRawBufferPointer, at offset: UInt64,
+                            layout: [(range: Range<UInt64>, fileOffset: UInt64)], file: BlockFile) throws {
+        var done = 0
+        while done < bytes.count {
+            let v = offset + UInt64(done)
+            var lo = 0, hi = layout.count - 1
+            while lo < hi {  // the last run starting at or before v
+                let mid = (lo + hi + 1) / 2
+                if layout[mid].range.lowerBound <= v { lo = mid } else { hi = mid - 1 }
+            }
+            let run = layout[lo]
+            guard run.range.contains(v) else {
+                throw DiskError.corrupt(path: file.path.string, reason: "virtual offset \(v) is not stored in the new image")
+            }
+            let n = Int(min(UInt64(bytes.count - done), run.range.upperBound - v))
+            try file.write(UnsafeRawBufferPointer(rebasing: bytes[done..<done + n]), at: run.fileOffset + (v - run.range.lowerBound))
+            done += n
+        }
     }
 
     /// Removes `.NAME.partial-PID` files left by conversions whose process is gone.
