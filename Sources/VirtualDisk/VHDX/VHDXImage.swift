@@ -372,24 +372,18 @@ public final class VHDXImage: DiskImage, MaintainableImage {
         let lss = geometry.logicalSectorSize
         let end = offset + UInt64(buffer.count)
         if offset % lss == 0 && end % lss == 0 { return try writeAligned(buffer, at: offset) }
-        // Unaligned: whole sectors in the middle go straight; the edge sectors are read, merged, written.
-        let headSector = offset / lss * lss
-        let tailSector = (end - 1) / lss * lss
-        try mergeSector(at: headSector, with: buffer, bufferOffset: offset)
-        if tailSector != headSector { try mergeSector(at: tailSector, with: buffer, bufferOffset: offset) }
-        let midStart = headSector + lss, midEnd = tailSector
-        if midStart < midEnd {
-            let lo = Int(midStart - offset)
-            try writeAligned(UnsafeRawBufferPointer(rebasing: buffer[lo..<lo + Int(midEnd - midStart)]), at: midStart)
+        // Unaligned: the edge sectors are read (through the chain), merged and written with the rest, so
+        // one call still makes one set of metadata changes.
+        let alignedStart = offset / lss * lss
+        let alignedEnd = (end + lss - 1) / lss * lss
+        let merged = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(alignedEnd - alignedStart), alignment: 4096)
+        defer { merged.deallocate() }
+        try read(into: UnsafeMutableRawBufferPointer(rebasing: merged[0..<Int(lss)]), at: alignedStart)
+        if alignedEnd - lss > alignedStart {
+            try read(into: UnsafeMutableRawBufferPointer(rebasing: merged[(merged.count - Int(lss))...]), at: alignedEnd - lss)
         }
-    }
-
-    private func mergeSector(at sector: UInt64, with buffer: UnsafeRawBufferPointer, bufferOffset: UInt64) throws {
-        let lss = Int(geometry.logicalSectorSize)
-        var tmp = try read(count: lss, at: sector)
-        let lo = max(sector, bufferOffset), hi = min(sector + UInt64(lss), bufferOffset + UInt64(buffer.count))
-        for p in lo..<hi { tmp[Int(p - sector)] = buffer[Int(p - bufferOffset)] }
-        try tmp.withUnsafeBytes { try writeAligned($0, at: sector) }
+        UnsafeMutableRawBufferPointer(rebasing: merged[Int(offset - alignedStart)..<Int(end - alignedStart)]).copyMemory(from: buffer)
+        try writeAligned(UnsafeRawBufferPointer(merged), at: alignedStart)
     }
 
     /// Writes whole logical sectors: in place into present blocks, into new blocks at the end of the file
