@@ -13,6 +13,14 @@ enum VHDXTest {
             logicalSectorSize: logical, parentPath: parent.map { FilePath($0) }))
     }
 
+    /// Whether `a` and `b` hold the same bytes over `range` (memcmp: fast even in debug builds).
+    static func equal(_ a: [UInt8], _ b: [UInt8], _ range: Range<Int>) -> Bool {
+        guard !range.isEmpty else { return true }
+        return a.withUnsafeBytes { pa in b.withUnsafeBytes { pb in
+            memcmp(pa.baseAddress! + range.lowerBound, pb.baseAddress! + range.lowerBound, range.count) == 0
+        } }
+    }
+
     static func bytes(_ path: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: path)) }
 
     /// Patches `bytes` into the file at `offset`.

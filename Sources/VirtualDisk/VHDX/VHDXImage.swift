@@ -44,6 +44,11 @@ public final class VHDXImage: DiskImage, MaintainableImage {
     var diskFileSize: UInt64
     /// Writes not yet flushed with fdatasync.
     var unsynced = false
+    /// BAT entries and bitmap sectors (chunk << 8 | sector) changed in memory but not yet logged.
+    var pendingBAT = Set<Int>()
+    var pendingBitmap = Set<UInt64>()
+    /// `fileEnd` when the pending changes were last logged.
+    var committedEnd: UInt64 = 0
     let crashPoint: String?
 
     // MARK: DiskImage
@@ -125,6 +130,7 @@ public final class VHDXImage: DiskImage, MaintainableImage {
 
         if header.isLogDirty { try replayLog() }
         try loadStructures()
+        committedEnd = fileEnd
     }
 
     /// Finds the active log sequence and replays it (into the file, or into the overlay).
@@ -423,14 +429,32 @@ public final class VHDXImage: DiskImage, MaintainableImage {
             unsynced = true
             pos += n
         }
-        guard !dirtyBAT.isEmpty || !dirtyBitmap.isEmpty else { return }
-        var changes: [(UInt64, [UInt8])] = dirtyBitmap.sorted().map { key in
+        if diskFileSize < fileEnd {
+            // New blocks read as zeros where not written yet.
+            try file.truncate(to: fileEnd)
+            diskFileSize = fileEnd
+        }
+        // BAT and bitmap changes are batched: logged together at the next flush, or once enough new
+        // space is waiting, so a long sequential write makes one log entry per many blocks.
+        pendingBAT.formUnion(dirtyBAT)
+        pendingBitmap.formUnion(dirtyBitmap)
+        if fileEnd >= committedEnd + Self.batchBytes || pendingBAT.count + pendingBitmap.count >= 1024 {
+            try logAndApply([])
+        }
+    }
+
+    /// New space after which pending metadata changes are logged even without a flush.
+    static let batchBytes: UInt64 = 256 << 20
+
+    /// The sectors holding the pending BAT and bitmap changes, as they are in memory now.
+    private func pendingChanges() -> [(UInt64, [UInt8])] {
+        var changes: [(UInt64, [UInt8])] = pendingBitmap.sorted().map { key in
             let chunk = key >> 8, sector = Int(key & 0xFF)
             let e = VHDXBATEntry(raw: bat[geometry.bitmapIndex(chunk: chunk)])
             return (e.fileOffset + UInt64(sector) * 4096, Array(bitmaps[chunk]![sector * 4096..<(sector + 1) * 4096]))
         }
-        changes += batSectors(dirtyBAT)
-        try logAndApply(changes)
+        changes += batSectors(pendingBAT)
+        return changes
     }
 
     /// Reserves `length` bytes at the end of the file (extended before the log entry is written).
@@ -524,6 +548,12 @@ public final class VHDXImage: DiskImage, MaintainableImage {
     /// Logs `changes` (4 KiB sectors), flushes, then writes them in place. Large change sets are split into
     /// several entries; every payload write of the call is flushed before the first entry.
     func logAndApply(_ changes: [(UInt64, [UInt8])], zeros: [(UInt64, UInt64)] = [], flushedFileOffset: UInt64? = nil) throws {
+        var merged: [UInt64: [UInt8]] = [:]
+        for (offset, sector) in pendingChanges() + changes { merged[offset] = sector }
+        pendingBAT.removeAll()
+        pendingBitmap.removeAll()
+        committedEnd = fileEnd
+        let changes = merged.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
         guard !changes.isEmpty || !zeros.isEmpty || flushedFileOffset != nil else { return }
         try beginSession(dataWrite: false)
         if diskFileSize < fileEnd {
@@ -567,11 +597,13 @@ public final class VHDXImage: DiskImage, MaintainableImage {
 
     public func flush() throws {
         guard isWritable else { return }
+        try logAndApply([])
         try syncIfNeeded()
     }
 
     public func close() throws {
         if isWritable {
+            try logAndApply([])
             try syncIfNeeded()
             if header.isLogDirty {
                 var h = header
