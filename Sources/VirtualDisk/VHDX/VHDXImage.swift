@@ -1,6 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CLinux
+import Dispatch
 import SystemPackage
 import struct Foundation.UUID
 
@@ -429,6 +431,10 @@ public final class VHDXImage: DiskImage, MaintainableImage {
             unsynced = true
             pos += n
         }
+        // Start writing the payload back now, so the flush before the next log entry finds little left.
+        if buffer.count >= 1 << 20 {
+            startWriteback(offset: offset, count: UInt64(buffer.count))
+        }
         if diskFileSize < fileEnd {
             // New blocks read as zeros where not written yet.
             try file.truncate(to: fileEnd)
@@ -455,6 +461,63 @@ public final class VHDXImage: DiskImage, MaintainableImage {
         }
         changes += batSectors(pendingBAT)
         return changes
+    }
+
+    /// Asks the kernel to start writeback of the file ranges holding virtual `offset..<offset+count`.
+    private func startWriteback(offset: UInt64, count: UInt64) {
+        let bs = geometry.blockSize
+        var pos = offset
+        while pos < offset + count {
+            let block = pos / bs
+            let n = min(bs - pos % bs, offset + count - pos)
+            let e = entry(block: block)
+            if e.state == VHDXBlockState.fullyPresent.rawValue || e.state == VHDXBlockState.partiallyPresent.rawValue {
+                _ = bulwark_start_writeback(file.descriptor.rawValue, Int64(e.fileOffset + pos % bs), Int64(n))
+            }
+            pos += n
+        }
+    }
+
+    /// Reads through the extents; large stored runs are read in parallel pieces (as qemu keeps several
+    /// requests in flight), the rest (zeros, the parent) on the calling thread.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+        try checkRange(offset: offset, length: buffer.count)
+        guard !buffer.isEmpty else { return }
+        var pieces: [(lower: Int, count: Int, fileOffset: UInt64)] = []
+        let piece = 1 << 20
+        for extent in try extents(in: offset..<offset + UInt64(buffer.count)) {
+            let lower = Int(extent.range.lowerBound - offset)
+            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[lower..<lower + extent.range.count])
+            switch extent.kind {
+            case .data(let fileOffset):
+                var done = 0
+                while done < slice.count {
+                    let n = min(piece, slice.count - done)
+                    pieces.append((lower + done, n, fileOffset + UInt64(done)))
+                    done += n
+                }
+            case .zero:
+                slice.initializeMemory(as: UInt8.self, repeating: 0)
+            case .unallocated:
+                if let parent { try parent.read(into: slice, at: extent.range.lowerBound) } else { slice.initializeMemory(as: UInt8.self, repeating: 0) }
+            }
+        }
+        if pieces.count < 2 {
+            for p in pieces { try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[p.lower..<p.lower + p.count]), at: p.fileOffset) }
+            return
+        }
+        let lanes = min(pieces.count, 4)
+        let failure = FirstError()
+        nonisolated(unsafe) let file = self.file
+        nonisolated(unsafe) let target = buffer
+        let work = pieces
+        DispatchQueue.concurrentPerform(iterations: lanes) { lane in
+            for i in stride(from: lane, to: work.count, by: lanes) {
+                let p = work[i]
+                do { try file.read(into: UnsafeMutableRawBufferPointer(rebasing: target[p.lower..<p.lower + p.count]), at: p.fileOffset) } catch { failure.record(error) }
+            }
+        }
+        if let error = failure.error { throw error }
     }
 
     /// Reserves `length` bytes at the end of the file (extended before the log entry is written).
@@ -612,5 +675,25 @@ public final class VHDXImage: DiskImage, MaintainableImage {
             }
         }
         try file.close()
+    }
+}
+
+/// The first error reported by parallel workers.
+private final class FirstError: @unchecked Sendable {
+    private let lock = NSLockLike()
+    private var stored: Error?
+    var error: Error? { lock.withLock { stored } }
+    func record(_ e: Error) { lock.withLock { if stored == nil { stored = e } } }
+}
+
+/// A minimal mutex (pthread) so the engine needs nothing from Foundation here.
+private final class NSLockLike: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    init() { pthread_mutex_init(&mutex, nil) }
+    deinit { pthread_mutex_destroy(&mutex) }
+    func withLock<T>(_ body: () -> T) -> T {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return body()
     }
 }
