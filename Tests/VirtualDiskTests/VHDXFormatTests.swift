@@ -211,6 +211,40 @@ enum VHDXTest {
         #expect(try Bytes(reopened.read(count: 4096, at: 10 << 20)) == Bytes([UInt8](repeating: 5, count: 4096)))
     }
 
+    @Test func growingPastTheBATRegionIsRefusedClearly() throws {
+        let dir = try TempDir()
+        let path = dir.file("g.vhdx")
+        let image = try #require(try VHDXTest.create(path, size: 8 << 20) as? VHDXImage)
+        defer { try? image.close() }
+        let before = try VHDXTest.bytes(path)
+        do {
+            try image.resize(to: 200 << 30)  // 1 MiB blocks: the 1 MiB BAT region holds about 128 GiB
+            Issue.record("resize succeeded")
+        } catch let error as DiskError {
+            #expect(error.description.contains("BAT region"))
+        }
+        #expect(image.virtualSize == 8 << 20)
+        #expect(try Bytes(VHDXTest.bytes(path)) == Bytes(before))
+    }
+
+    @Test func compactOfADifferencingImageKeepsZerosThatHideParentData() throws {
+        let dir = try TempDir()
+        let base = dir.file("base.vhdx"), child = dir.file("child.avhdx")
+        let b = try VHDXTest.create(base, size: 8 << 20)
+        try b.write([UInt8](repeating: 0xCC, count: 1 << 20), at: 0)
+        try b.close()
+        let c = try #require(try VHDXTest.create(child, size: 0, parent: base) as? VHDXImage)
+        try c.write([UInt8](repeating: 0, count: 1 << 20), at: 0)  // hides parent data: must stay
+        try c.write([UInt8](repeating: 0, count: 1 << 20), at: 2 << 20)  // over parent zeros: reclaimable
+        try c.write([UInt8](repeating: 0, count: 4096), at: 5 << 20)  // partial block over zeros: reclaimable
+        #expect(try c.compact(progress: nil) > 0)
+        let states = (0..<8).map { c.entry(block: UInt64($0)).state }
+        #expect(states == [6, 0, 0, 0, 0, 0, 0, 0])
+        try c.chain.forEach { try $0.close() }
+        let all = try VHDXTest.readAll(child)
+        #expect(Bytes(all) == Bytes([UInt8](repeating: 0, count: 8 << 20)))
+    }
+
     @Test func resizeOfAFixedImageAllocatesTheNewBlocks() throws {
         guard try TestEnv.tools("qemu-img") else { return }
         let dir = try TempDir()

@@ -301,6 +301,11 @@ public final class VHDXImage: DiskImage, MaintainableImage {
         if let b = bitmaps[chunk] { return b }
         let e = VHDXBATEntry(raw: bat[geometry.bitmapIndex(chunk: chunk)])
         let b = e.state == VHDXBitmapState.present ? try readMeta(e.fileOffset, Int(VHDXSize.mib)) : [UInt8](repeating: 0, count: Int(VHDXSize.mib))
+        // Keep memory bounded: forget clean bitmaps once many are cached (pending ones must stay).
+        if bitmaps.count >= Self.cachedBitmaps {
+            let dirtyChunks = Set(pendingBitmap.map { $0 >> 8 })
+            for key in bitmaps.keys where !dirtyChunks.contains(key) { bitmaps[key] = nil }
+        }
         bitmaps[chunk] = b
         return b
     }
@@ -448,6 +453,9 @@ public final class VHDXImage: DiskImage, MaintainableImage {
             try logAndApply([])
         }
     }
+
+    /// Sector bitmaps (1 MiB each) kept in memory at most, besides those with pending changes.
+    static let cachedBitmaps = 32
 
     /// New space after which pending metadata changes are logged even without a flush.
     static let batchBytes: UInt64 = 256 << 20
