@@ -211,20 +211,40 @@ enum VHDXTest {
         #expect(try Bytes(reopened.read(count: 4096, at: 10 << 20)) == Bytes([UInt8](repeating: 5, count: 4096)))
     }
 
-    @Test func growingPastTheBATRegionIsRefusedClearly() throws {
+    @Test func growingPastTheBATRegionMovesTheBATThroughTheLog() throws {
         let dir = try TempDir()
         let path = dir.file("g.vhdx")
         let image = try #require(try VHDXTest.create(path, size: 8 << 20) as? VHDXImage)
-        defer { try? image.close() }
-        let before = try VHDXTest.bytes(path)
-        do {
-            try image.resize(to: 200 << 30)  // 1 MiB blocks: the 1 MiB BAT region holds about 128 GiB
-            Issue.record("resize succeeded")
-        } catch let error as DiskError {
-            #expect(error.description.contains("BAT region"))
+        let early = [UInt8](repeating: 0x11, count: 8192)
+        try image.write(early, at: 4096)
+        let oldBAT = image.batRegion
+        try image.resize(to: 200 << 30)  // 1 MiB blocks: the 1 MiB BAT region holds about 128 GiB
+        #expect(image.batRegion.fileOffset != oldBAT.fileOffset)
+        #expect(image.batRegion.length > oldBAT.length)
+        let late = [UInt8](repeating: 0x22, count: 4096)
+        try image.write(late, at: (200 << 30) - 4096)
+        try image.close()
+        let reopened = try DiskImages.openLevel(FilePath(path))
+        #expect(reopened.virtualSize == 200 << 30)
+        #expect(try Bytes(reopened.read(count: early.count, at: 4096)) == Bytes(early))
+        #expect(try Bytes(reopened.read(count: late.count, at: (200 << 30) - 4096)) == Bytes(late))
+        try reopened.close()
+        if try TestEnv.tools("qemu-img") {
+            let check = try run("qemu-img", ["check", "-f", "vhdx", path])
+            #expect(check.status == 0, "\(check.out) \(check.err)")
         }
-        #expect(image.virtualSize == 8 << 20)
-        #expect(try Bytes(VHDXTest.bytes(path)) == Bytes(before))
+    }
+
+    @Test func sequentialWritesAreLoggedInBatches() throws {
+        let dir = try TempDir()
+        let path = dir.file("s.vhdx")
+        let image = try #require(try VHDXTest.create(path, size: 64 << 20) as? VHDXImage)
+        let chunk = [UInt8](repeating: 0x5A, count: 4 << 20)
+        for i in 0..<16 { try image.write(chunk, at: UInt64(i) << 22) }  // 64 new 1 MiB blocks
+        try image.flush()
+        #expect(image.logEntriesWritten <= 2)
+        try image.close()
+        #expect(try VHDXTest.readAll(path).allSatisfy { $0 == 0x5A })
     }
 
     @Test func compactOfADifferencingImageKeepsZerosThatHideParentData() throws {

@@ -23,6 +23,10 @@ public final class VHDXImage: DiskImage, MaintainableImage {
     var headerIndex: Int
     let creator: String
     var batRegion: VHDXRegionTable.Entry
+    /// The region table in use (all entries, unknown optional ones included).
+    var regionTable = VHDXRegionTable(entries: [])
+    /// Log entries written in this session.
+    public private(set) var logEntriesWritten = 0
     var metadataRegion: VHDXRegionTable.Entry
     var meta: VHDXMetadata
     /// The metadata region's bytes as they are (after replay).
@@ -199,6 +203,7 @@ public final class VHDXImage: DiskImage, MaintainableImage {
             throw DiskError.corrupt(path: path, reason: "both region tables are invalid (at 192 KiB: \(a); at 256 KiB: \(b))")
         }
         let regions = try table.validate(path: path, header: header)
+        regionTable = table
         batRegion = regions.bat
         metadataRegion = regions.metadata
         let size = effectiveSize
@@ -648,6 +653,7 @@ public final class VHDXImage: DiskImage, MaintainableImage {
             try file.write(bytes, at: at)
             unsynced = true
             try syncIfNeeded()
+            logEntriesWritten += 1
             if !logGuidInHeader {
                 // The entry is stable before the header points at it: a crash in between leaves a clean log.
                 var h = header

@@ -11,8 +11,9 @@ extension VHDXImage {
         }
     }
 
-    /// Changes the virtual size through the log. Growing needs room in the BAT region; shrinking needs
-    /// the cut-off range to hold no data. Differencing images keep their parent's size.
+    /// Changes the virtual size through the log. Growing past the BAT region's room moves the BAT to a
+    /// larger region; shrinking needs the cut-off range to hold no data. Differencing images keep their
+    /// parent's size.
     public func resize(to newSize: UInt64) throws {
         guard isWritable else { throw DiskError.readOnly(path: path.string) }
         guard !meta.hasParent else {
@@ -24,9 +25,6 @@ extension VHDXImage {
         guard newSize != virtualSize else { return }
         let newGeometry = VHDXGeometry(virtualSize: newSize, blockSize: geometry.blockSize, logicalSectorSize: geometry.logicalSectorSize)
         let needed = newGeometry.entryCount(differencing: false) * 8
-        guard needed <= UInt64(batRegion.length) else {
-            throw DiskError.unsupported(path: path.string, reason: "growing to \(newSize) bytes needs a \(needed)-byte BAT but the BAT region holds \(batRegion.length) bytes; relocating the BAT is not supported (convert to a new image instead)")
-        }
         if newSize < virtualSize {
             for e in try extents(in: newSize..<virtualSize) {
                 if case .data = e.kind {
@@ -35,6 +33,10 @@ extension VHDXImage {
             }
         }
         try beginSession(dataWrite: true)
+        var relocation: [(UInt64, [UInt8])] = []
+        if needed > UInt64(batRegion.length) {
+            relocation = try relocateBAT(entries: max(newGeometry.reservedEntryCount, needed / 8))
+        }
         let wanted = Int(min(VHDXSize.roundUp(max(newGeometry.reservedEntryCount * 8, needed), 4096), UInt64(batRegion.length)) / 8)
         if bat.count < wanted {
             let raw = try readMeta(batRegion.fileOffset + UInt64(bat.count) * 8, (wanted - bat.count) * 8)
@@ -66,10 +68,41 @@ extension VHDXImage {
         }
         var newRaw = metadataRaw
         newRaw.setLE64(loc.offset, newSize)
-        try logAndApply(batSectors(dirty) + metadataChanges(newRaw))
+        try logAndApply(relocation + batSectors(dirty) + metadataChanges(newRaw))
         metadataRaw = newRaw
         meta.virtualSize = newSize
         geometry = newGeometry
+    }
+
+    /// Moves the BAT to a larger region at the end of the file: the new region is written and flushed
+    /// first; the region tables (both copies) switch to it through the log, with the resize's other changes.
+    /// Returns the region table sectors to log.
+    func relocateBAT(entries: UInt64) throws -> [(UInt64, [UInt8])] {
+        let length = VHDXSize.roundUp(entries * 8, VHDXSize.mib)
+        guard length <= UInt64(UInt32.max) / VHDXSize.mib * VHDXSize.mib else {
+            throw DiskError.unsupported(path: path.string, reason: "the BAT would need \(length) bytes, more than a region can hold")
+        }
+        let at = allocate(length)
+        try file.truncate(to: fileEnd)
+        diskFileSize = fileEnd
+        var bytes = [UInt8](repeating: 0, count: bat.count * 8)
+        for (i, e) in bat.enumerated() where e != 0 { bytes.setLE64(i * 8, e) }
+        try file.write(bytes, at: at)
+        unsynced = true
+        var table = regionTable
+        for i in table.entries.indices where table.entries[i].guid == VHDXRegionTable.bat {
+            table.entries[i].fileOffset = at
+            table.entries[i].length = UInt32(length)
+        }
+        let encoded = table.encode()
+        var changes: [(UInt64, [UInt8])] = []
+        for base in VHDXRegionTable.offsets {
+            for o in stride(from: 0, to: encoded.count, by: 4096) { changes.append((base + UInt64(o), Array(encoded[o..<o + 4096]))) }
+        }
+        regionTable = table
+        batRegion = VHDXRegionTable.Entry(guid: VHDXRegionTable.bat, fileOffset: at, length: UInt32(length), required: true)
+        // Pending BAT sectors now belong in the new region; they are logged with the rest.
+        return changes
     }
 
     /// Rewrites the parent locator (parent_linkage and paths) through the log.
