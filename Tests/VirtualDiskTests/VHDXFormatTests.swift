@@ -80,7 +80,7 @@ enum VHDXTest {
         var last: [UInt8] = []
         for i in 0..<20 {  // wraps around the 64 KiB log several times
             let sector = [UInt8](repeating: UInt8(i), count: 4096)
-            let (at, bytes) = writer.next([.data(fileOffset: 8192, sector: sector), .zero(fileOffset: 1 << 20, length: 4096)],
+            let (at, bytes) = writer.next([.data(fileOffset: 3 << 20, sector: sector), .zero(fileOffset: 2 << 20, length: 4096)],
                                           flushedFileOffset: 4 << 20, lastFileOffset: 4 << 20)
             log.replaceSubrange(Int(at)..<Int(at) + bytes.count, with: bytes)
             last = sector
@@ -88,7 +88,7 @@ enum VHDXTest {
         let seq = try #require(VHDXLogSequence.findActive(log: log, guid: guid))
         #expect(seq.head.sequenceNumber == 20)
         #expect(seq.entries.count == 1)
-        #expect(seq.head.descriptors.first == .data(fileOffset: 8192, sector: last))
+        #expect(seq.head.descriptors.first == .data(fileOffset: 3 << 20, sector: last))
         #expect(VHDXLogSequence.findActive(log: log, guid: UUID()) == nil)
     }
 }

@@ -106,6 +106,9 @@ struct VHDXHeaderPair {
         guard h.logOffset % VHDXSize.mib == 0, h.logOffset >= VHDXSize.mib, UInt64(h.logLength) % VHDXSize.mib == 0 else {
             throw DiskError.corrupt(path: path, reason: "VHDX log placement is invalid (offset \(h.logOffset), length \(h.logLength); both must be multiples of 1 MiB, after the header section)")
         }
+        guard h.logLength <= 1 << 30 else {
+            throw DiskError.unsupported(path: path, reason: "a log of \(h.logLength) bytes (more than 1 GiB) is refused")
+        }
     }
 }
 

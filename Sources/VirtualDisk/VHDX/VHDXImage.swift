@@ -37,6 +37,8 @@ public final class VHDXImage: DiskImage, MaintainableImage {
     /// Sectors replayed in memory for a read-only open of a file with a dirty log.
     var overlay: [UInt64: [UInt8]] = [:]
     var overlaySize: UInt64 = 0
+    /// Zeroed ranges replayed in memory (applied before `overlay` sectors, which are newer).
+    var overlayZeros: [Range<UInt64>] = []
     /// Loaded sector bitmaps by chunk (1 MiB each).
     var bitmaps: [UInt64: [UInt8]] = [:]
     /// The log writer of this session, created on the first logged change.
@@ -180,8 +182,9 @@ public final class VHDXImage: DiskImage, MaintainableImage {
                     switch d {
                     case let .data(offset, sector): overlay[offset] = sector
                     case let .zero(offset, length):
-                        var o: UInt64 = 0
-                        while o < length { overlay[offset + o] = [UInt8](repeating: 0, count: 4096); o += 4096 }
+                        // Zero ranges can be large: keep them as ranges; sectors they cover are dropped.
+                        for key in overlay.keys where key >= offset && key < offset + length { overlay[key] = nil }
+                        overlayZeros.append(offset..<offset + length)
                     }
                     if case let .data(offset, _) = d { overlaySize = max(overlaySize, offset + 4096) }
                     if case let .zero(offset, length) = d { overlaySize = max(overlaySize, offset + length) }
@@ -209,6 +212,9 @@ public final class VHDXImage: DiskImage, MaintainableImage {
         let size = effectiveSize
         for r in [batRegion, metadataRegion] where r.range.upperBound > size {
             throw DiskError.truncated(path: path, needed: r.range.upperBound, actual: size)
+        }
+        guard metadataRegion.length <= 256 << 20 else {
+            throw DiskError.unsupported(path: path, reason: "a metadata region of \(metadataRegion.length) bytes (more than 256 MiB) is refused")
         }
         metadataRaw = try readMeta(metadataRegion.fileOffset, Int(metadataRegion.length))
         meta = try VHDXMetadata.decode(metadataRaw, path: path)
@@ -282,6 +288,11 @@ public final class VHDXImage: DiskImage, MaintainableImage {
         let available = diskFileSize > offset ? min(UInt64(count), diskFileSize - offset) : 0
         if available > 0 {
             try out.withUnsafeMutableBytes { try file.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[..<Int(available)]), at: offset) }
+        }
+        let wanted = offset..<offset + UInt64(count)
+        for zero in overlayZeros where zero.overlaps(wanted) {
+            let r = zero.clamped(to: wanted)
+            for p in r { out[Int(p - offset)] = 0 }
         }
         if !overlay.isEmpty {
             var s = offset / 4096 * 4096

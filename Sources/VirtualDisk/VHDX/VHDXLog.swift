@@ -79,6 +79,8 @@ struct VHDXLogEntry: Equatable {
         guard length >= 4096, length % 4096 == 0, length <= n else { return .failure("entry length \(length) is invalid") }
         guard tail % 4096 == 0, Int(tail) < n else { return .failure("tail \(tail) is invalid") }
         guard seq > 0 else { return .failure("sequence number is zero") }
+        let lastFileOffset = head.le64(56)
+        guard lastFileOffset <= 1 << 52 else { return .failure("LastFileOffset \(lastFileOffset) is beyond any VHDX file") }
         guard head.guid(32) == guid else { return .failure("log GUID does not match the header's LogGuid") }
         guard descriptorBytes(count) <= length else { return .failure("\(count) descriptors do not fit the entry length \(length)") }
         let entry = bytes(offset, length)
@@ -93,9 +95,14 @@ struct VHDXLogEntry: Equatable {
             guard entry.le64(o + 24) == seq else { return .failure("descriptor \(i) has a different sequence number") }
             let fileOffset = entry.le64(o + 16)
             guard fileOffset % 4096 == 0 else { return .failure("descriptor \(i) file offset \(fileOffset) is not 4 KiB aligned") }
+            guard fileOffset >= 192 << 10, fileOffset < lastFileOffset else {
+                return .failure("descriptor \(i) file offset \(fileOffset) lies outside the structures the log may update (below the region tables at 192 KiB, or past LastFileOffset \(lastFileOffset))")
+            }
             if entry.hasSignature("zero", at: o) {
                 let len = entry.le64(o + 8)
-                guard len % 4096 == 0 else { return .failure("zero descriptor \(i) length \(len) is not 4 KiB aligned") }
+                guard len % 4096 == 0, len <= lastFileOffset - fileOffset else {
+                    return .failure("zero descriptor \(i) length \(len) is not 4 KiB aligned or reaches past LastFileOffset")
+                }
                 descriptors.append(.zero(fileOffset: fileOffset, length: len))
             } else if entry.hasSignature("desc", at: o) {
                 guard dataSector + 4096 <= length else { return .failure("data descriptor \(i) has no data sector") }
@@ -114,7 +121,7 @@ struct VHDXLogEntry: Equatable {
             }
         }
         return .success(VHDXLogEntry(sequenceNumber: seq, tail: tail, logGuid: guid, flushedFileOffset: head.le64(48),
-                                     lastFileOffset: head.le64(56), descriptors: descriptors))
+                                     lastFileOffset: lastFileOffset, descriptors: descriptors))
     }
 }
 

@@ -125,7 +125,7 @@ struct VHDXMetadata: Equatable {
                 continue
             }
             guard items[guid] == nil else { throw bad("item \(guid.uuidString) appears twice") }
-            guard length == 0 || (offset >= tableSize && offset + length <= b.count) else {
+            guard offset <= b.count, length == 0 || (offset >= tableSize && offset + length <= b.count) else {
                 throw bad("item \(guid.uuidString) lies outside the region (offset \(offset), length \(length))")
             }
             items[guid] = Array(b[offset..<offset + length])
