@@ -73,6 +73,24 @@ enum VHDXTest {
         #expect(g4.bitmapIndex(chunk: 0) == 16)
     }
 
+    @Test func aNewLogEntryNeverOverwritesThePreviousOne() {
+        for logLength in [1 << 20, 2 << 20] {
+            var writer = VHDXLogWriter(logOffset: 0, logLength: logLength, guid: UUID())
+            var previous: Range<UInt64>?
+            var rng = SeededRandom(seed: UInt64(logLength))
+            for _ in 0..<200 {
+                let n = Int(rng.next() % UInt64(writer.maxDataSectors)) + 1
+                let sector = [UInt8](repeating: 1, count: 4096)
+                let (at, bytes) = writer.next(Array(repeating: .data(fileOffset: 1 << 20, sector: sector), count: n),
+                                              flushedFileOffset: 4 << 20, lastFileOffset: 4 << 20)
+                let range = at..<at + UInt64(bytes.count)
+                #expect(range.upperBound <= UInt64(logLength))
+                if let previous { #expect(!range.overlaps(previous)) }
+                previous = range
+            }
+        }
+    }
+
     @Test func logEntriesRoundTripAndTheSearchPicksTheNewestSequence() throws {
         let guid = UUID()
         var writer = VHDXLogWriter(logOffset: 0, logLength: 64 << 10, guid: guid)

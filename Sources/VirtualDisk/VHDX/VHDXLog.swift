@@ -196,10 +196,12 @@ struct VHDXLogWriter {
     var nextSequence: UInt64 = 1
     var position = 0
 
-    /// Data descriptors that fit in one entry.
+    /// Data descriptors per entry. An entry takes at most a third of the log, so the next entry, even
+    /// when it wraps to the start, never overwrites the previous one: a torn write always leaves the
+    /// last complete entry readable (else a crash could leave a dirty log with no valid sequence).
     var maxDataSectors: Int {
-        var n = logLength / 4096 - 1
-        while n > 0, VHDXLogEntry.descriptorBytes(n) + 4096 * n > logLength { n -= 1 }
+        var n = logLength / 4096 / 3
+        while n > 1, VHDXLogEntry.descriptorBytes(n) + 4096 * n > logLength / 3 { n -= 1 }
         return max(n, 1)
     }
 
