@@ -21,3 +21,7 @@ int bulwark_ficlone(int dest_fd, int src_fd) { return ioctl(dest_fd, FICLONE, sr
 int bulwark_fifreeze(int fd) { return ioctl(fd, FIFREEZE, 0); }
 int bulwark_fithaw(int fd) { return ioctl(fd, FITHAW, 0); }
 int bulwark_syncfs(int fd) { return syncfs(fd); }
+
+int bulwark_start_writeback(int fd, int64_t offset, int64_t length) {
+    return sync_file_range(fd, (off_t)offset, (off_t)length, SYNC_FILE_RANGE_WRITE);
+}

@@ -18,6 +18,8 @@ int bulwark_fifreeze(int fd);
 int bulwark_fithaw(int fd);
 /// syncfs(2); 0 or -1.
 int bulwark_syncfs(int fd);
+/// sync_file_range(2) with SYNC_FILE_RANGE_WRITE: starts writeback of the range without waiting; 0 or -1.
+int bulwark_start_writeback(int fd, int64_t offset, int64_t length);
 
 #define BULWARK_FALLOC_KEEP_SIZE 0x01
 #define BULWARK_FALLOC_PUNCH_HOLE 0x02
