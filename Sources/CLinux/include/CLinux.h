@@ -18,8 +18,7 @@ int bulwark_fifreeze(int fd);
 int bulwark_fithaw(int fd);
 /// syncfs(2); 0 or -1.
 int bulwark_syncfs(int fd);
-/// sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE): start writing dirty pages back without
-/// waiting (length 0 = to the end of the file), so a later fsync has little left to do; 0 or -1.
+/// sync_file_range(2) with SYNC_FILE_RANGE_WRITE: starts writeback of the range without waiting; 0 or -1.
 int bulwark_start_writeback(int fd, int64_t offset, int64_t length);
 
 #define BULWARK_FALLOC_KEEP_SIZE 0x01
