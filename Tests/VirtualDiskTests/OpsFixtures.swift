@@ -82,6 +82,20 @@ enum Ops {
         } }
     }
 
+    /// The first offset where libvhdi's bytes differ from `expected` inside the runs some level of
+    /// `leaf`'s chain stores. Runs no level holds are left out: libvhdi (20240509) sometimes returns
+    /// stale buffer bytes there for VHDX differencing chains (seen with empty 1 MiB-block chains).
+    static func libvhdiDifference(_ bytes: [UInt8], _ expected: [UInt8], leaf: FilePath) throws -> Int? {
+        guard bytes.count == expected.count else { return min(bytes.count, expected.count) }
+        let chain = try PendingMergeChain.open(leaf)
+        defer { try? chain.close() }
+        for m in try chain.map() where !m.isZero {
+            let r = Int(m.range.lowerBound)..<Int(m.range.upperBound)
+            if let d = firstDifference(Array(bytes[r]), Array(expected[r])) { return r.lowerBound + d }
+        }
+        return nil
+    }
+
     static func qemuName(_ format: DiskFormat) -> String {
         switch format { case .vhd: "vpc"; case .vhdx: "vhdx"; case .raw: "raw" }
     }
