@@ -69,6 +69,7 @@ import VirtualDisk
             try expectClean(paths[0])
         }
         #expect(kills >= Self.kills)
+        print("merge: \(kills) kills over \(round) chains (\(formats.map(\.rawValue)))")
     }
 
     @Test func convertSurvivesKills() throws {
@@ -106,6 +107,7 @@ import VirtualDisk
             try FileOps.remove(dst)
         }
         #expect(try src.map(OpsCLI.bytes) == snapshot, "the source is never modified")
+        print("convert: \(kills) kills over \(round) target configurations (\(formats.map(\.rawValue)))")
     }
 
     @Test func compactSurvivesKills() throws {
@@ -140,6 +142,7 @@ import VirtualDisk
             #expect(OpsCLI.same(try OpsCLI.readAll(path), expected))
             try expectClean(path)
         }
+        print("compact: \(kills) kills over \(round) images (\(Self.formats.map(\.rawValue)))")
     }
 
     @Test func resizeSurvivesKills() throws {
@@ -183,6 +186,7 @@ import VirtualDisk
             }
             try expectClean(path)
         }
+        print("resize: \(kills) kills in \(attempts) runs (\(Self.formats.map(\.rawValue)))")
         #expect(kills >= Self.kills / 2, "most kills land while the process runs (\(kills) of \(attempts))")
     }
 }
