@@ -23,7 +23,13 @@ struct WritersList: ParsableCommand {
     func run() throws {
         let store = WriterStateStore(directory: WriterStateStore.resolveDirectory(stateDir))
         let records = try store.load()
-        if json { try Output.json(records); return }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            encoder.dateEncodingStrategy = .iso8601
+            FileHandle.standardOutput.write(try encoder.encode(records) + Data("\n".utf8))
+            return
+        }
         if records.isEmpty { print("no writers recorded in \(store.path)"); return }
         print(Output.table(["Writer name", "Writer Id", "State", "Last error", "Covers"], records.map { r in
             [r.identity.name, r.identity.id, r.state.rawValue,
