@@ -146,6 +146,9 @@ final class SnapshotRun: @unchecked Sendable {
     // MARK: phases
 
     private func body(lease: ResourceLease) async throws -> SnapshotResult {
+        for t in tracks {
+            log.add("writer \(t.identity.name) id \(t.identity.id) covers \(t.identity.covers.joined(separator: ", "))")
+        }
         try await resetStuckWriters()
 
         // Prepare (nothing frozen yet: everything slow happens here).

@@ -187,3 +187,33 @@ extension ShadowCopyTests {
         }
     }
 }
+
+extension ShadowCopyTests.Faults {
+    @Test func sigtermOfTheCommandThawsThenExits() async throws {
+        guard try realPrerequisites("fsfreeze") else { return }
+        let (volume, state, out, disk) = try setup()
+        defer { volume.cleanup() }
+        let cli = Process()
+        cli.executableURL = URL(fileURLWithPath: TestEnv.bulwark)
+        cli.arguments = ["snapshot", "create", "--disk", disk, "--provider", "copy", "--fsfreeze", volume.mountpoint,
+                         "--output", out.path, "--state-dir", state.path, "--pause-while-frozen", "20", "--timeout", "30s"]
+        cli.standardOutput = FileHandle.nullDevice
+        cli.standardError = FileHandle.nullDevice
+        try cli.run()
+        defer { stopProcess(cli) }
+        var frozen = false
+        for _ in 0..<100 where !frozen {
+            frozen = !volume.writeCompletes(within: 0.05, name: "probe-\(UUID().uuidString.prefix(4))")
+        }
+        #expect(frozen)
+        kill(cli.processIdentifier, SIGTERM)
+        let start = Date()
+        while cli.isRunning, Date().timeIntervalSince(start) < 3 { usleep(10_000) }
+        #expect(!cli.isRunning)
+        #expect(cli.terminationStatus == 128 + SIGTERM)
+        #expect(Date().timeIntervalSince(start) < 1)
+        #expect(volume.writeCompletes(within: 2))
+        let r = try #require(try record(state, kind: "fsfreeze"))
+        #expect(r.state == .stable)
+    }
+}

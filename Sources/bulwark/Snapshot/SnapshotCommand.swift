@@ -54,6 +54,13 @@ enum AsyncBridge {
         let received = ResultBox<Int32>()
         let queue = DispatchQueue(label: "bulwark.signals")
         var sources: [DispatchSourceSignal] = []
+        // A parent may have started us with these signals blocked (Foundation's Process does):
+        // unblock them on this thread so they are delivered.
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        sigaddset(&unblock, SIGINT)
+        sigaddset(&unblock, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
         for sig in [SIGINT, SIGTERM] {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
