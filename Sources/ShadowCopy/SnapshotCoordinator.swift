@@ -87,6 +87,7 @@ final class SnapshotRun: @unchecked Sendable {
     var tracks: [WriterTrack]
     let started = Clock.now()
     var holdStart: Double?
+    var holdStartDate: Date?
     var holdEnd: Double?
     var provided: ProviderSnapshot?
 
@@ -203,7 +204,7 @@ final class SnapshotRun: @unchecked Sendable {
             if let action = writer.recovery(for: context) {
                 try? watchdog?.send(.frozen(identity: tracks[i].identity, action: action))
             }
-            if holdStart == nil { holdStart = Clock.now() }
+            if holdStart == nil { holdStart = Clock.now(); holdStartDate = Date() }
             tracks[i].freezeAttempted = true
             tracks[i].state = .waitingForThaw
             do {
@@ -343,7 +344,7 @@ final class SnapshotRun: @unchecked Sendable {
     func result(consistency: Consistency) -> SnapshotResult {
         SnapshotResult(snapshotID: context.snapshotID, consistency: consistency, copies: provided?.copies ?? [],
                        newLeaves: provided?.newLeaves ?? [],
-                       freezeHoldSeconds: holdStart.map { (holdEnd ?? Clock.now()) - $0 } ?? 0,
+                       freezeHoldSeconds: holdStart.map { (holdEnd ?? Clock.now()) - $0 } ?? 0, freezeStarted: holdStartDate,
                        totalSeconds: Clock.now() - started, provider: provider.name,
                        writers: tracks.map(\.result), log: log.all)
     }

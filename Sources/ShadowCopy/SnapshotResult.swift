@@ -36,6 +36,8 @@ public struct SnapshotResult: Codable, Sendable {
     public var newLeaves: [String]
     /// First freeze to last thaw, in seconds (0 when nothing froze).
     public var freezeHoldSeconds: Double
+    /// When the first freeze started (nil when nothing froze).
+    public var freezeStarted: Date?
     /// Seconds the whole snapshot took.
     public var totalSeconds: Double
     public var provider: String

@@ -31,7 +31,10 @@ extension ShadowCopyTests {
             let elapsed = Date().timeIntervalSince(start)
             #expect(results.count == 3)
             #expect(results.allSatisfy { $0.consistency == .applicationConsistent })
-            #expect(elapsed < 1.6, "three independent snapshots were serialized (\(elapsed) s)")
+            // The three holds overlapped: nothing serialized them.
+            let windows = results.compactMap { r in r.freezeStarted.map { ($0, $0.addingTimeInterval(r.freezeHoldSeconds)) } }
+            #expect(windows.count == 3)
+            #expect(windows.map(\.0).max()! < windows.map(\.1).min()!, "three independent snapshots were serialized (\(elapsed) s)")
             for v in volumes { #expect(v.writeCompletes(within: 2)) }
             #expect(try WriterStateStore(directory: state.path).load().filter { $0.state == .stable }.count == 3)
         }
@@ -58,6 +61,9 @@ extension ShadowCopyTests {
             }
             #expect(results.count == 2)
             #expect(Date().timeIntervalSince(start) >= 1.0)
+            // The holds did not overlap.
+            let w = results.compactMap { r in r.freezeStarted.map { ($0, $0.addingTimeInterval(r.freezeHoldSeconds)) } }.sorted { $0.0 < $1.0 }
+            #expect(w.count == 2 && w[0].1 <= w[1].0)
             #expect(volume.writeCompletes(within: 2))
         }
 
