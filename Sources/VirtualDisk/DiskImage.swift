@@ -137,12 +137,22 @@ extension DiskImage {
             case .zero:
                 slice.initializeMemory(as: UInt8.self, repeating: 0)
             case .unallocated:
-                if let parent {
-                    try parent.read(into: slice, at: extent.range.lowerBound)
-                } else {
-                    slice.initializeMemory(as: UInt8.self, repeating: 0)
-                }
+                try readBelow(into: slice, at: extent.range.lowerBound)
             }
+        }
+    }
+
+    /// Reads what lies below this level: the parent's bytes (zeros past a shorter parent's end), or
+    /// zeros when there is no parent.
+    public func readBelow(into slice: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+        guard let parent, offset < parent.virtualSize else {
+            slice.initializeMemory(as: UInt8.self, repeating: 0)
+            return
+        }
+        let n = Int(min(UInt64(slice.count), parent.virtualSize - offset))
+        try parent.read(into: UnsafeMutableRawBufferPointer(rebasing: slice[..<n]), at: offset)
+        if n < slice.count {
+            UnsafeMutableRawBufferPointer(rebasing: slice[n...]).initializeMemory(as: UInt8.self, repeating: 0)
         }
     }
 

@@ -32,6 +32,10 @@ struct DiskRead: ParsableCommand {
         defer { if output != nil { try? sink.close() } }
         let progress = output != nil && count >= 64 << 20 ? ProgressBar("read") : nil
         defer { progress?.finish() }
+        if let output, SparseRead.isRegularFile(sink) {
+            try SparseRead.copy(chain, start: start, count: count, to: sink, path: output, progress: progress)
+            return
+        }
         try ChunkedCopy.stream(count: count, chunk: 4 << 20) { buffer, done in
             try image.read(into: buffer, at: start + done)
             _ = try sink.writeAll(UnsafeRawBufferPointer(buffer))

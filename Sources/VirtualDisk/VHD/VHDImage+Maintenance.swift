@@ -1,0 +1,213 @@
+import SystemPackage
+
+/// Resize, reparent and compact. Each change is ordered so that a crash at any point leaves a
+/// readable image in the old or the new state: new structures are written to free space and made
+/// durable before the one small in-place write that switches to them.
+extension VHDImage {
+    /// Grows the virtual disk. Fixed images move their footer to the new end; dynamic ones grow the
+    /// BAT (relocating it to the end of the file when data follows it). Shrinking is refused.
+    public func resize(to newSize: UInt64) throws {
+        guard newSize > 0, newSize % 512 == 0, newSize <= VHDFormat.maximumSize else {
+            throw DiskError.invalidArgument("\(path.string): VHD virtual size \(newSize) must be a positive multiple of 512 bytes up to 2040 GiB")
+        }
+        guard newSize >= virtualSize else {
+            throw DiskError.unsupported(path: path.string, reason: "shrinking a VHD (from \(virtualSize) to \(newSize) bytes) is not supported")
+        }
+        guard newSize != virtualSize else { return }
+        guard file.isWritable else { throw DiskError.readOnly(path: path.string) }
+        try flush()
+        var newFooter = footer
+        newFooter.currentSize = newSize
+        newFooter.geometry = VHDGeometry(forSize: newSize)
+        // The CHS size rule cannot express arbitrary sizes: record a creator whose rule is the
+        // current size (as Hyper-V does when it expands a disk).
+        newFooter.creatorApplication = VHDBytes.code("win ")
+        guard var header else {
+            try resizeFixed(to: newSize, footer: newFooter)
+            return
+        }
+        let entries = UInt32((newSize + UInt64(header.blockSize) - 1) / UInt64(header.blockSize))
+        if entries > header.maxTableEntries {
+            let oldEnd = header.tableOffset + UInt64(header.maxTableEntries) * 4
+            let newEnd = header.tableOffset + UInt64(entries) * 4
+            if newEnd <= nextStructure(after: header.tableOffset) {
+                // Room behind the table: mark the new entries unused, then let the header count them.
+                try file.write([UInt8](repeating: 0xFF, count: Int(newEnd - oldEnd)), at: oldEnd)
+                try file.sync()
+            } else {
+                // Data follows the table: write a larger copy at the end, then point the header at it.
+                try cleanTail()
+                let tableOffset = VHDBytes.roundUp(footerOffset, 512)
+                let tableBytes = VHDBytes.roundUp(UInt64(entries) * 4, 512)
+                var bytes = [UInt8](repeating: 0xFF, count: Int(tableBytes))
+                for (i, e) in bat.enumerated() { VHDBytes.put32(&bytes, i * 4, e) }
+                try file.write(bytes, at: tableOffset)
+                try file.write(footer.bytes, at: tableOffset + tableBytes)
+                footerOffset = tableOffset + tableBytes
+                try file.sync()
+                header.tableOffset = tableOffset
+            }
+            header.maxTableEntries = entries
+            try file.write(header.bytes, at: footer.dataOffset)
+            try file.sync()
+            self.header = header
+            bat += [UInt32](repeating: Self.unused, count: Int(entries) - bat.count)
+        }
+        try writeFooters(newFooter)
+    }
+
+    private func resizeFixed(to newSize: UInt64, footer newFooter: VHDFooter) throws {
+        let oldSize = footerOffset
+        // 1. A copy of the old footer at the new end: the image still reads as the old size.
+        try file.write(footer.bytes, at: newSize)
+        try file.preallocate(at: oldSize, length: newSize + 512 - oldSize)
+        try file.sync()
+        // 2. Zeros where the old footer was (new space reads as zeros).
+        try file.writeZeros(count: 512, at: oldSize)
+        try file.sync()
+        footerOffset = newSize
+        // 3. The footer with the new size.
+        try writeFooters(newFooter)
+    }
+
+    /// Writes the end footer (and, for dynamic images, the copy at 0) and adopts it.
+    func writeFooters(_ newFooter: VHDFooter) throws {
+        try file.write(newFooter.bytes, at: footerOffset)
+        try file.sync()
+        if header != nil {
+            try file.write(newFooter.bytes, at: 0)
+            try file.sync()
+        }
+        footer = newFooter
+        footerSource = "end"
+        let rule = newFooter.sizeRule
+        virtualSize = rule.size
+        sizeRule = rule.rule
+    }
+
+    /// The first structure (header, locator data, block or footer) that starts after `offset`.
+    func nextStructure(after offset: UInt64) -> UInt64 {
+        var next = footerOffset
+        if footer.dataOffset > offset { next = min(next, footer.dataOffset) }
+        if let header {
+            for l in header.locators where l.isUsed && l.dataOffset > offset { next = min(next, l.dataOffset) }
+        }
+        for e in bat where e != Self.unused && UInt64(e) * 512 > offset { next = min(next, UInt64(e) * 512) }
+        return next
+    }
+
+    /// Records a new parent: its identity, name and locators (W2ru for relative, W2ku for absolute
+    /// paths). The locator data goes to the end of the file first; the header is switched last.
+    public func setParent(_ link: ParentLink) throws {
+        guard isDifferencing, var header else {
+            throw DiskError.unsupported(path: path.string, reason: "only a differencing VHD has a parent (this one is \(type.rawValue))")
+        }
+        guard file.isWritable else { throw DiskError.readOnly(path: path.string) }
+        let usable = link.locators.filter { $0.kind != .volume }.prefix(8)
+        try flush()
+        try cleanTail()
+        var next = VHDBytes.roundUp(footerOffset, 512)
+        var entries = [VHDLocatorEntry](repeating: VHDLocatorEntry(), count: 8)
+        for (i, l) in usable.enumerated() {
+            var bytes = VHDBytes.utf16(l.path, bigEndian: false)
+            let space = VHDBytes.roundUp(UInt64(max(bytes.count, 1)), 512)
+            entries[i] = VHDLocatorEntry(platformCode: l.kind == .relative ? VHDLocatorEntry.relativeCode : VHDLocatorEntry.absoluteCode,
+                                         dataSpace: UInt32(space), dataLength: UInt32(bytes.count), dataOffset: next)
+            bytes += [UInt8](repeating: 0, count: Int(space) - bytes.count)
+            try file.write(bytes, at: next)
+            next += space
+        }
+        try file.write(footer.bytes, at: next)
+        footerOffset = next
+        try file.sync()
+        header.parentID = link.expectedID
+        header.locators = entries
+        let name = usable.first { $0.kind == .absolute }?.path ?? usable.first?.path ?? ""
+        header.parentName = name.utf16.count < 256 ? name : String(name.split(separator: "/").last ?? "")
+        try file.write(header.bytes, at: footer.dataOffset)
+        try file.sync()
+        self.header = header
+        locatorPaths = Array(usable)
+    }
+
+    /// Releases blocks that read as zeros (in a differencing image only where the parent reads zeros
+    /// too), moves the last blocks into the holes, and shortens the file. Returns the bytes reclaimed.
+    public func compact(progress: ProgressHandler?) throws -> UInt64 {
+        guard let header else {
+            throw DiskError.unsupported(path: path.string, reason: "a fixed VHD stores every block; convert it to a dynamic VHD to compact it")
+        }
+        guard file.isWritable else { throw DiskError.readOnly(path: path.string) }
+        if isDifferencing, parent == nil {
+            throw DiskError.unsupported(path: path.string, reason: "compacting a differencing VHD needs its parent chain open (to see what the parent reads)")
+        }
+        try flush()
+        let before = try file.allocatedBytes()
+        let bs = Int(header.blockSize)
+        let slot = UInt64(bitmapBytes) + UInt64(bs)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bs, alignment: 4096)
+        defer { buffer.deallocate() }
+        var released: [Int] = []
+        for index in bat.indices where bat[index] != Self.unused {
+            progress?(UInt64(index), UInt64(bat.count))
+            let start = UInt64(index) * UInt64(bs)
+            let end = min(start + UInt64(bs), virtualSize)
+            guard start < end else { continue }
+            var zero = true
+            for e in try extents(in: start..<end) {
+                guard case .data(let fileOffset) = e.kind else { continue }
+                let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<e.range.count])
+                try file.read(into: slice, at: fileOffset)
+                if !slice.allSatisfy({ $0 == 0 }) { zero = false; break }
+                if isDifferencing {
+                    try readBelow(into: slice, at: e.range.lowerBound)
+                    if !slice.allSatisfy({ $0 == 0 }) { zero = false; break }
+                }
+            }
+            if zero { released.append(index) }
+        }
+        guard !released.isEmpty else { return 0 }
+        var free = released.map { UInt64(bat[$0]) * 512 }
+        for index in released { bat[index] = Self.unused }
+        try writeTable()
+        try file.sync()
+        // Move the last blocks into the holes (copy, make durable, then repoint the entry).
+        free.sort()
+        var live = bat.indices.filter { bat[$0] != Self.unused }.sorted { bat[$0] > bat[$1] }
+        let copyBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { copyBuffer.deallocate() }
+        while let hole = free.first, let last = live.first, hole < UInt64(bat[last]) * 512 {
+            let from = UInt64(bat[last]) * 512
+            try file.copy(from: file, sourceOffset: from, to: hole, length: slot, buffer: copyBuffer)
+            try file.sync()
+            bat[last] = UInt32(hole / 512)
+            try writeTable(entries: last...last)
+            try file.sync()
+            free.removeFirst()
+            free.append(from)
+            free.sort()
+            live.removeFirst()
+        }
+        dropCaches()
+        let end = structuresEnd()
+        if end < footerOffset {
+            try file.write(footer.bytes, at: end)
+            try file.sync()
+            try file.truncate(to: end + 512)
+            footerOffset = end
+        }
+        for hole in free where hole + slot <= footerOffset { try file.punchHole(at: hole, length: slot) }
+        try file.sync()
+        let after = try file.allocatedBytes()
+        return before > after ? before - after : 0
+    }
+
+    /// Writes BAT entries (all, or the sectors holding `entries`) from memory.
+    func writeTable(entries: ClosedRange<Int>? = nil) throws {
+        guard let header, !bat.isEmpty else { return }
+        let range = entries ?? 0...(bat.count - 1)
+        let lo = range.lowerBound / 128 * 128, hi = min(bat.count, (range.upperBound / 128 + 1) * 128)
+        var bytes = [UInt8](repeating: 0xFF, count: (hi - lo) * 4)
+        for i in lo..<hi { VHDBytes.put32(&bytes, (i - lo) * 4, bat[i]) }
+        try file.write(bytes, at: header.tableOffset + UInt64(lo) * 4)
+    }
+}
