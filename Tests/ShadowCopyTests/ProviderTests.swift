@@ -97,11 +97,19 @@ extension ShadowCopyTests {
             #expect(try WriterStateStore(directory: state.path).load().first?.state == .stable)
         }
 
+        @Test func differencingOnVHDMakesANewLeafAndKeepsThePointInTime() async throws {
+            try await differencing(.vhd)
+        }
+
         @Test(.disabled("needs VHDX engine"))
-        func differencingMakesANewLeafAndKeepsThePointInTime() async throws {
+        func differencingOnVHDXMakesANewLeafAndKeepsThePointInTime() async throws {
+            try await differencing(.vhdx)
+        }
+
+        func differencing(_ format: DiskFormat) async throws {
             let dir = try TempDir("bulwark-diff"), state = try TempDir("bulwark-state")
-            let base = dir.file("guest.vhdx")
-            let image = try DiskImages.create(at: FilePath(base), options: CreateOptions(format: .vhdx, type: .dynamic, virtualSize: 16 << 20))
+            let base = dir.file("guest.\(format.rawValue)")
+            let image = try DiskImages.create(at: FilePath(base), options: CreateOptions(format: format, type: .dynamic, virtualSize: 16 << 20))
             let before = [UInt8](repeating: 0xA1, count: 1 << 20)
             try image.write(before, at: 1 << 20)
             try image.close()
@@ -109,15 +117,26 @@ extension ShadowCopyTests {
                 writers: [], provider: DifferencingProvider(), disks: [base], outputDirectory: dir.path))
             #expect(result.copies == [FileOps.canonical(FilePath(base)).string])
             let leaf = try #require(result.newLeaves.first)
-            #expect(leaf.hasSuffix(".avhdx"))
+            #expect(leaf.hasSuffix(format == .vhdx ? ".avhdx" : ".avhd"))
+            #expect(try DiskImages.detectFormat(FilePath(leaf)) == format)
             // The guest now writes to the child; the point-in-time image keeps the old bytes.
             let child = try DiskChain.open(FilePath(leaf), writable: true)
+            #expect(child.leaf.type == .differencing)
             #expect(try child.leaf.read(count: before.count, at: 1 << 20) == before)
             try child.leaf.write([UInt8](repeating: 0xB2, count: 4096), at: 1 << 20)
+            try child.leaf.flush()
+            #expect(try child.leaf.read(count: 4096, at: 1 << 20) == [UInt8](repeating: 0xB2, count: 4096))
             try child.leaf.chain.forEach { try $0.close() }
             let point = try DiskImages.openLevel(FilePath(base))
             #expect(try point.read(count: before.count, at: 1 << 20) == before)
             try point.close()
+            // A raw disk is refused before anything happens.
+            let raw = dir.file("guest.raw")
+            _ = try makeDisk(raw, size: 4096)
+            await #expect(throws: SnapshotFailure.self) {
+                _ = try await coordinator(state).snapshot(SnapshotRequest(
+                    writers: [], provider: DifferencingProvider(), disks: [raw], outputDirectory: dir.path))
+            }
         }
     }
 }
