@@ -134,14 +134,15 @@ final class SnapshotRun: @unchecked Sendable {
         return try outcome.get()
     }
 
-    static func cause(_ error: Error) -> ShadowCopyError {
+    /// The error as a `ShadowCopyError`; others (a `DiskError` from a provider) are wrapped.
+    static func cause(_ error: Error, provider: String = "snapshot") -> ShadowCopyError {
         if let e = error as? ShadowCopyError { return e }
         if error is CancellationError { return .cancelled }
-        return .providerFailed(provider: "?", reason: "\(error)")
+        return .providerFailed(provider: provider, reason: "\(error)")
     }
 
     private func fail(_ cause: Error) -> SnapshotFailure {
-        SnapshotFailure(cause: Self.cause(cause), result: result(consistency: .crashConsistent))
+        SnapshotFailure(cause: Self.cause(cause, provider: provider.name), result: result(consistency: .crashConsistent))
     }
 
     // MARK: phases
@@ -280,7 +281,7 @@ final class SnapshotRun: @unchecked Sendable {
             if r.state == .waitingForThaw || r.state == .waitingForFreeze {
                 let writer = tracks[i].writer, context = self.context
                 try? await withDeadline("thaw of \(tracks[i].identity.name)", seconds: policy.thawTimeout, cancellable: false) {
-                    try await writer.thaw(context)
+                    try await writer.recover(context)
                 }
             }
         }

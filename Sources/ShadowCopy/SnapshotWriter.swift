@@ -44,11 +44,14 @@ public protocol SnapshotWriter: Sendable {
     func thaw(_ context: SnapshotContext) async throws
     /// The snapshot is finished (after the provider's post-thaw work).
     func complete(_ context: SnapshotContext, succeeded: Bool) async throws
+    /// Thaws a freeze left by a crashed earlier run (the stuck-writer reset). Default: `thaw`.
+    func recover(_ context: SnapshotContext) async throws
 }
 
 extension SnapshotWriter {
     public func recovery(for context: SnapshotContext) -> WatchdogAction? { nil }
     public func complete(_ context: SnapshotContext, succeeded: Bool) async throws {}
+    public func recover(_ context: SnapshotContext) async throws { try await thaw(context) }
 }
 
 /// What the watchdog runs to thaw a writer whose coordinator died.

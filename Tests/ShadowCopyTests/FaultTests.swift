@@ -217,3 +217,44 @@ extension ShadowCopyTests.Faults {
         #expect(r.state == .stable)
     }
 }
+
+extension ShadowCopyTests.Faults {
+    /// A coordinator that died without a watchdog left its writer frozen and recorded mid-snapshot:
+    /// the next snapshot thaws and resets it (the "stuck writer"), and says so.
+    @Test func stuckWriterFromACrashIsThawedAndReset() async throws {
+        guard try realPrerequisites("fsfreeze") else { return }
+        let (volume, state, out, disk) = try setup()
+        defer { volume.cleanup() }
+        let writer = FilesystemFreezeWriter(mountpoint: volume.mountpoint)
+        try WriterStateStore(directory: state.path).update { map in
+            map[writer.identity.id] = WriterRecord(identity: writer.identity, state: .waitingForThaw, snapshotID: "crashed")
+        }
+        try runChecked(sys("fsfreeze"), ["-f", volume.mountpoint])
+        #expect(!volume.writeCompletes(within: 0.2, name: "blocked"))
+        let result = try await SnapshotCoordinator(stateDirectory: state.path, watchdog: nil).snapshot(SnapshotRequest(
+            writers: [writer], provider: CopyProvider(), disks: [disk], outputDirectory: out.path))
+        #expect(result.writers[0].wasReset)
+        #expect(result.writers[0].resetFrom?.hasPrefix("waitingForThaw") == true)
+        #expect(result.writers[0].froze)
+        #expect(result.consistency == .applicationConsistent)
+        #expect(result.log.contains { $0.contains("reset to stable") })
+        #expect(volume.writeCompletes(within: 2))
+        #expect(try record(state, kind: "fsfreeze")?.state == .stable)
+    }
+
+    /// A filesystem someone else froze is not thawed by a writer whose FIFREEZE failed (EBUSY).
+    @Test func foreignFreezeIsLeftAlone() async throws {
+        guard try realPrerequisites("fsfreeze") else { return }
+        let (volume, state, out, disk) = try setup()
+        defer { volume.cleanup() }
+        try runChecked(sys("fsfreeze"), ["-f", volume.mountpoint])
+        await #expect(throws: SnapshotFailure.self) {
+            _ = try await coordinator(state).snapshot(SnapshotRequest(
+                writers: [FilesystemFreezeWriter(mountpoint: volume.mountpoint)], provider: CopyProvider(), disks: [disk], outputDirectory: out.path))
+        }
+        #expect(!volume.writeCompletes(within: 0.3, name: "still-frozen"))
+        try runChecked(sys("fsfreeze"), ["-u", volume.mountpoint])
+        #expect(volume.writeCompletes(within: 2))
+        #expect(try record(state, kind: "fsfreeze")?.lastError == .nonRetryable)
+    }
+}

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CLinux
+import Foundation
 import SystemPackage
 import VirtualDisk
 
@@ -77,12 +78,56 @@ public struct FilesystemFreezeWriter: SnapshotWriter {
 
     public func freeze(_ context: SnapshotContext) async throws -> [String] {
         let (m, p) = (mountpoint, context.protectedPaths)
-        try await BlockingIO.run { try FilesystemFreezer.freeze(m, protecting: p) }
+        try await BlockingIO.run {
+            try FreezeRegistry.shared.withGate(m) { frozen in
+                try FilesystemFreezer.freeze(m, protecting: p)
+                frozen = true
+            }
+        }
         return []
     }
 
+    /// Thaws only a freeze this process made (a FIFREEZE that failed with EBUSY was someone else's),
+    /// after waiting for a freeze still in flight (a slow syncfs past its deadline) to finish.
     public func thaw(_ context: SnapshotContext) async throws {
         let m = mountpoint
+        try await BlockingIO.run {
+            try FreezeRegistry.shared.withGate(m) { frozen in
+                guard frozen else { return }
+                try FilesystemFreezer.thaw(m)
+                frozen = false
+            }
+        }
+    }
+
+    /// After a crash nothing says whose freeze it was: thaw unconditionally.
+    public func recover(_ context: SnapshotContext) async throws {
+        let m = mountpoint
         try await BlockingIO.run { try FilesystemFreezer.thaw(m) }
+    }
+}
+
+/// Per mountpoint, in this process: a gate serializing freeze and thaw, and whether we froze it.
+final class FreezeRegistry: @unchecked Sendable {
+    static let shared = FreezeRegistry()
+    private let lock = NSLock()
+    private var gates: [String: NSLock] = [:]
+    private var frozen: Set<String> = []
+
+    func withGate<T>(_ mountpoint: String, _ body: (inout Bool) throws -> T) throws -> T {
+        let gate = lock.withLock { () -> NSLock in
+            if let g = gates[mountpoint] { return g }
+            let g = NSLock()
+            gates[mountpoint] = g
+            return g
+        }
+        gate.lock()
+        defer { gate.unlock() }
+        var isFrozen = lock.withLock { frozen.contains(mountpoint) }
+        defer {
+            let value = isFrozen
+            lock.withLock { if value { frozen.insert(mountpoint) } else { frozen.remove(mountpoint) } }
+        }
+        return try body(&isFrozen)
     }
 }
