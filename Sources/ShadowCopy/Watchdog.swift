@@ -59,12 +59,13 @@ final class WatchdogHandle: @unchecked Sendable {
         }
         let logPath = FilePath(stateDirectory).appending("watchdog.log").string
         let logFD = open(logPath, O_CREAT | O_WRONLY | O_APPEND | O_CLOEXEC, 0o644)
-        defer {
-            close(pair[1])
-            if logFD >= 0 { close(logFD) }
-        }
         let pid: pid_t
         do {
+            defer {
+                // Only the child keeps its end: its exit must read as EOF here.
+                close(pair[1])
+                if logFD >= 0 { close(logFD) }
+            }
             pid = try Spawn.start(config.executable, config.arguments, environment: Spawn.environment,
                                   options: .init(stdin: pair[1], stdout: -1, stderr: logFD, keep: keep, newSession: true))
         } catch {
