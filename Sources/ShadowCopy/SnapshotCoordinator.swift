@@ -263,7 +263,7 @@ final class SnapshotRun: @unchecked Sendable {
             provided = nil
         }
         await completeAll(succeeded: failure == nil)
-        try await persist()
+        do { try await persist() } catch { log.add("could not record writer states: \(error)") }
         if let failure { throw fail(failure) }
         return result(consistency: anyFrozen && !writerFailed ? .applicationConsistent : .crashConsistent)
     }

@@ -7,20 +7,19 @@ import Foundation
 func withDeadline<T: Sendable>(_ phase: String, seconds: Double, cancellable: Bool = true,
                                _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
     let once = OnceResult<T>()
+    let worker = Task {
+        do { once.resume(.success(try await operation())) } catch { once.resume(.failure(error)) }
+    }
+    DispatchQueue.global().asyncAfter(deadline: .now() + max(0, seconds)) {
+        if once.resume(.failure(ShadowCopyError.timedOut(phase: phase, seconds: seconds))) { worker.cancel() }
+    }
     return try await withTaskCancellationHandler {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
             once.set(continuation)
-            if cancellable, Task.isCancelled { once.resume(.failure(ShadowCopyError.cancelled)) }
-            let worker = Task {
-                do { once.resume(.success(try await operation())) } catch { once.resume(.failure(error)) }
-            }
-            DispatchQueue.global().asyncAfter(deadline: .now() + max(0, seconds)) {
-                once.resume(.failure(ShadowCopyError.timedOut(phase: phase, seconds: seconds)))
-                worker.cancel()
-            }
+            if cancellable, Task.isCancelled, once.resume(.failure(ShadowCopyError.cancelled)) { worker.cancel() }
         }
     } onCancel: {
-        if cancellable { once.resume(.failure(ShadowCopyError.cancelled)) }
+        if cancellable, once.resume(.failure(ShadowCopyError.cancelled)) { worker.cancel() }
     }
 }
 
@@ -40,14 +39,17 @@ private final class OnceResult<T: Sendable>: @unchecked Sendable {
         if let early { c.resume(with: early) }
     }
 
-    func resume(_ result: Result<T, Error>) {
-        let c: CheckedContinuation<T, Error>? = lock.withLock {
-            if done { return nil }
+    /// Resumes with `result` unless already resumed; returns whether this call won.
+    @discardableResult
+    func resume(_ result: Result<T, Error>) -> Bool {
+        let (won, c): (Bool, CheckedContinuation<T, Error>?) = lock.withLock {
+            if done { return (false, nil) }
             done = true
-            if let c = continuation { continuation = nil; return c }
+            if let c = continuation { continuation = nil; return (true, c) }
             pending = result
-            return nil
+            return (true, nil)
         }
         c?.resume(with: result)
+        return won
     }
 }
