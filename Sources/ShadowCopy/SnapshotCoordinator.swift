@@ -60,6 +60,11 @@ struct WriterTrack {
     }
 
     mutating func fail(_ error: Error) {
+        if (error as? ShadowCopyError) == .cancelled || error is CancellationError {
+            // Stopped by the caller, not the writer's fault: it stays usable.
+            notes.append("cancelled")
+            return
+        }
         state = .failed
         let e = error as? ShadowCopyError
         self.error = e?.writerErrorClass ?? .nonRetryable
