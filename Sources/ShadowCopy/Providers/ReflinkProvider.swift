@@ -47,7 +47,7 @@ public struct ReflinkProvider: SnapshotProvider {
     static func explain(_ e: Errno) -> String {
         switch e {
         case .notSupported, .notSupportedOnSocket, .invalidArgument, .inappropriateIOCTLForDevice:
-            return "the filesystem cannot share extents (FICLONE: \(e)); reflink needs xfs with reflink=1 or btrfs (ext4 has none); use --provider copy"
+            return "the filesystem cannot share extents (FICLONE failed: \(e), errno \(e.rawValue)\(e == .notSupported ? " EOPNOTSUPP" : "")); reflink needs xfs with reflink=1 or btrfs (ext4 has none); use --provider copy"
         case .improperLink:
             return "the copy is on another filesystem (FICLONE: EXDEV)"
         default:
