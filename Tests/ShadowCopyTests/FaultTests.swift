@@ -261,3 +261,33 @@ extension ShadowCopyTests.Faults {
         #expect(try record(state, kind: "fsfreeze")?.lastError == .nonRetryable)
     }
 }
+
+extension ShadowCopyTests.Faults {
+    /// The agent answers the handshake but hangs in its freeze: the per-call timeout fails it, the
+    /// filesystem frozen before it is thawed, and the agent gets its thaw.
+    @Test func agentHangingInFreezeTimesOutAndEverythingIsThawed() async throws {
+        guard try realPrerequisites("fsfreeze") else { return }
+        let (volume, state, out, disk) = try setup()
+        defer { volume.cleanup() }
+        let agent = try HangingAgent(hangOn: ["guest-fsfreeze-freeze-list"])
+        let start = Date()
+        do {
+            _ = try await coordinator(state).snapshot(SnapshotRequest(
+                writers: [FilesystemFreezeWriter(mountpoint: volume.mountpoint),
+                          GuestAgentWriter(socket: agent.socket, mountpoints: ["/guest"], callTimeout: 1)],
+                provider: CopyProvider(), disks: [disk], outputDirectory: out.path, policy: SnapshotPolicy(holdTimeout: 3)))
+            Issue.record("a hanging agent did not fail the snapshot")
+        } catch let failure as SnapshotFailure {
+            guard case .agentTimedOut(_, let command, _) = failure.cause else { Issue.record("wrong cause \(failure.cause)"); return }
+            #expect(command == "guest-fsfreeze-freeze-list")
+            #expect(failure.result.writers[0].froze)
+            #expect(failure.result.freezeHoldSeconds < 2)
+        }
+        #expect(Date().timeIntervalSince(start) < 2.5)
+        #expect(volume.writeCompletes(within: 2))
+        #expect(agent.commands.contains("guest-ping") && agent.commands.last == "guest-fsfreeze-thaw")
+        let qga = try #require(try record(state, kind: "qga"))
+        #expect(qga.state == .failed && qga.lastError == .timedOut)
+        #expect(try record(state, kind: "fsfreeze")?.state == .stable)
+    }
+}

@@ -214,3 +214,76 @@ func isGone(_ pid: Int32) -> Bool {
     guard let close = stat.lastIndex(of: ")") else { return true }
     return stat[stat.index(close, offsetBy: 2)] == "Z"
 }
+
+/// A guest agent that speaks the protocol but never answers the commands in `hangOn` (an agent
+/// stuck in its freeze). It records every command it received.
+final class HangingAgent: @unchecked Sendable {
+    let dir: TempDir
+    let socket: String
+    private let fd: Int32
+    private let lock = NSLock()
+    private var received: [String] = []
+    private var clients: [Int32] = []
+
+    var commands: [String] { lock.withLock { received } }
+
+    init(hangOn: Set<String>) throws {
+        dir = try TempDir("bulwark-hang")
+        socket = dir.file("agent.sock")
+        fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(socket.utf8)
+        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes + [0]) }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0, listen(fd, 8) == 0 else { throw TestFailure("hanging agent: bind/listen failed: \(errno)") }
+        let listener = fd
+        Thread.detachNewThread { [self] in
+            while true {
+                let c = accept(listener, nil, nil)
+                if c < 0 { return }
+                lock.withLock { clients.append(c) }
+                Thread.detachNewThread { [self] in serve(c, hangOn: hangOn) }
+            }
+        }
+    }
+
+    private func serve(_ c: Int32, hangOn: Set<String>) {
+        var pending: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(c, &buffer, buffer.count)
+            if n <= 0 { return }
+            pending += buffer[..<n].filter { $0 != 0xFF }
+            while let nl = pending.firstIndex(of: 0x0A) {
+                let line = Data(pending[..<nl])
+                pending.removeSubrange(...nl)
+                guard let obj = try? JSONSerialization.jsonObject(with: line) as? [String: Any],
+                      let command = obj["execute"] as? String else { continue }
+                lock.withLock { received.append(command) }
+                if hangOn.contains(command) { continue }
+                var reply: String
+                var prefix: [UInt8] = []
+                switch command {
+                case "guest-sync-delimited":
+                    let id = (obj["arguments"] as? [String: Any])?["id"] as? Int ?? 0
+                    prefix = [0xFF]  // the delimiter is a raw byte, not a character
+                    reply = "{\"return\": \(id)}\n"
+                case "guest-fsfreeze-status": reply = "{\"return\": \"thawed\"}\n"
+                case "guest-fsfreeze-thaw", "guest-fsfreeze-freeze", "guest-fsfreeze-freeze-list": reply = "{\"return\": 1}\n"
+                default: reply = "{\"return\": {}}\n"
+                }
+                let bytes = prefix + Array(reply.utf8)
+                _ = bytes.withUnsafeBytes { write(c, $0.baseAddress, $0.count) }
+            }
+        }
+    }
+
+    deinit {
+        shutdown(fd, Int32(SHUT_RDWR))
+        close(fd)
+        lock.withLock { clients.forEach { shutdown($0, Int32(SHUT_RDWR)); close($0) } }
+    }
+}
