@@ -66,6 +66,12 @@ struct SnapshotCreate: ParsableCommand {
                 print("copy: \(copy)")
                 if i < result.newLeaves.count { print("live disk: \(result.newLeaves[i])") }
             }
+            for w in result.writers {
+                var line = "writer \(w.identity.name): \(w.froze ? "froze and thawed" : "not frozen"), \(w.state.rawValue)"
+                if w.lastError != .none { line += ", \(w.lastError.rawValue): \(w.errorMessage)" }
+                if let from = w.resetFrom { line += " (reset from \(from))" }
+                print(line)
+            }
             print("snapshot: \(result.snapshotID)")
             print("consistency: \(result.consistency.rawValue)")
             print(String(format: "freeze hold: %.3f s", result.freezeHoldSeconds))
