@@ -52,3 +52,7 @@ pid_t bulwark_spawn(const char *path, char *const argv[], char *const envp[], in
 }
 
 int bulwark_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int bulwark_start_writeback(int fd, int64_t offset, int64_t length) {
+    return sync_file_range(fd, (off_t)offset, (off_t)length, SYNC_FILE_RANGE_WRITE);
+}

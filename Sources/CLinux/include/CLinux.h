@@ -18,6 +18,8 @@ int bulwark_fifreeze(int fd);
 int bulwark_fithaw(int fd);
 /// syncfs(2); 0 or -1.
 int bulwark_syncfs(int fd);
+/// sync_file_range(2) with SYNC_FILE_RANGE_WRITE: starts writeback of the range without waiting; 0 or -1.
+int bulwark_start_writeback(int fd, int64_t offset, int64_t length);
 
 /// fork + execve with explicit descriptors: `in`, `out`, `err` become 0, 1, 2 (-1: /dev/null) and
 /// `keep[i]` becomes descriptor 3+i; every other descriptor is closed, signal dispositions and the

@@ -1,0 +1,57 @@
+/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), the checksum of every VHDX structure.
+enum CRC32C {
+    /// Eight 256-entry tables for slicing-by-8.
+    private static let tables: [[UInt32]] = {
+        var t = [[UInt32]](repeating: [UInt32](repeating: 0, count: 256), count: 8)
+        for i in 0..<256 {
+            var c = UInt32(i)
+            for _ in 0..<8 { c = (c & 1) != 0 ? (c >> 1) ^ 0x82F6_3B78 : c >> 1 }
+            t[0][i] = c
+        }
+        for i in 0..<256 {
+            for k in 1..<8 { t[k][i] = (t[k - 1][i] >> 8) ^ t[0][Int(t[k - 1][i] & 0xFF)] }
+        }
+        return t
+    }()
+
+    /// The checksum of `bytes`.
+    static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt32 {
+        var crc: UInt32 = 0xFFFF_FFFF
+        let t = tables
+        var i = 0
+        let n = bytes.count
+        t[0].withUnsafeBufferPointer { t0 in
+        t[1].withUnsafeBufferPointer { t1 in
+        t[2].withUnsafeBufferPointer { t2 in
+        t[3].withUnsafeBufferPointer { t3 in
+        t[4].withUnsafeBufferPointer { t4 in
+        t[5].withUnsafeBufferPointer { t5 in
+        t[6].withUnsafeBufferPointer { t6 in
+        t[7].withUnsafeBufferPointer { t7 in
+            while i + 8 <= n {
+                let lo = UInt32(bytes[i]) | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2]) << 16 | UInt32(bytes[i + 3]) << 24
+                let hi = UInt32(bytes[i + 4]) | UInt32(bytes[i + 5]) << 8 | UInt32(bytes[i + 6]) << 16 | UInt32(bytes[i + 7]) << 24
+                let x = crc ^ lo
+                crc = t7[Int(x & 0xFF)] ^ t6[Int((x >> 8) & 0xFF)] ^ t5[Int((x >> 16) & 0xFF)] ^ t4[Int(x >> 24)]
+                    ^ t3[Int(hi & 0xFF)] ^ t2[Int((hi >> 8) & 0xFF)] ^ t1[Int((hi >> 16) & 0xFF)] ^ t0[Int(hi >> 24)]
+                i += 8
+            }
+            while i < n {
+                crc = (crc >> 8) ^ t0[Int((crc ^ UInt32(bytes[i])) & 0xFF)]
+                i += 1
+            }
+        }}}}}}}}
+        return crc ^ 0xFFFF_FFFF
+    }
+
+    static func checksum(_ bytes: [UInt8]) -> UInt32 {
+        bytes.withUnsafeBytes { checksum($0) }
+    }
+
+    /// The checksum of `bytes` with the 4-byte checksum field at `field` taken as zero.
+    static func checksum(_ bytes: [UInt8], zeroingFieldAt field: Int) -> UInt32 {
+        var copy = bytes
+        copy.replaceSubrange(field..<field + 4, with: [0, 0, 0, 0])
+        return checksum(copy)
+    }
+}

@@ -1,0 +1,200 @@
+import SystemPackage
+import struct Foundation.UUID
+
+extension VHDXImage {
+    /// The 4 KiB sectors of the metadata region that differ between the current bytes and `newRaw`.
+    func metadataChanges(_ newRaw: [UInt8]) -> [(UInt64, [UInt8])] {
+        stride(from: 0, to: newRaw.count, by: 4096).compactMap { o in
+            let new = Array(newRaw[o..<min(o + 4096, newRaw.count)])
+            let old = o < metadataRaw.count ? Array(metadataRaw[o..<min(o + 4096, metadataRaw.count)]) : []
+            return new == old ? nil : (metadataRegion.fileOffset + UInt64(o), new + [UInt8](repeating: 0, count: 4096 - new.count))
+        }
+    }
+
+    /// Changes the virtual size through the log. Growing past the BAT region's room moves the BAT to a
+    /// larger region; shrinking needs the cut-off range to hold no data. Differencing images keep their
+    /// parent's size.
+    public func resize(to newSize: UInt64) throws {
+        guard isWritable else { throw DiskError.readOnly(path: path.string) }
+        guard !meta.hasParent else {
+            throw DiskError.unsupported(path: path.string, reason: "a differencing VHDX has its parent's size; merge it or resize the whole chain")
+        }
+        guard newSize > 0, newSize <= 64 << 40, newSize % geometry.logicalSectorSize == 0 else {
+            throw DiskError.invalidArgument("\(path.string): new size \(newSize) must be a nonzero multiple of the logical sector size \(logicalSectorSize), at most 64 TiB")
+        }
+        guard newSize != virtualSize else { return }
+        let newGeometry = VHDXGeometry(virtualSize: newSize, blockSize: geometry.blockSize, logicalSectorSize: geometry.logicalSectorSize)
+        let needed = newGeometry.entryCount(differencing: false) * 8
+        if newSize < virtualSize {
+            for e in try extents(in: newSize..<virtualSize) {
+                if case .data = e.kind {
+                    throw DiskError.unsupported(path: path.string, reason: "cannot shrink to \(newSize) bytes: the range \(e.range) holds data")
+                }
+            }
+        }
+        try beginSession(dataWrite: true)
+        var relocation: [(UInt64, [UInt8])] = []
+        if needed > UInt64(batRegion.length) {
+            relocation = try relocateBAT(entries: max(newGeometry.reservedEntryCount, needed / 8))
+        }
+        let wanted = Int(min(VHDXSize.roundUp(max(newGeometry.reservedEntryCount * 8, needed), 4096), UInt64(batRegion.length)) / 8)
+        if bat.count < wanted {
+            let raw = try readMeta(batRegion.fileOffset + UInt64(bat.count) * 8, (wanted - bat.count) * 8)
+            bat += (0..<(wanted - bat.count)).map { raw.le64($0 * 8) }
+        }
+        var dirty = Set<Int>()
+        if newSize < virtualSize {
+            for block in newGeometry.payloadBlocks..<geometry.payloadBlocks where bat[geometry.payloadIndex(block)] != 0 {
+                bat[geometry.payloadIndex(block)] = 0
+                dirty.insert(geometry.payloadIndex(block))
+            }
+        } else {
+            for block in geometry.payloadBlocks..<newGeometry.payloadBlocks {
+                let i = newGeometry.payloadIndex(block)
+                if type == .fixed {
+                    let at = allocate(geometry.blockSize)
+                    try file.preallocate(at: at, length: geometry.blockSize)
+                    unsynced = true
+                    bat[i] = VHDXBATEntry(state: VHDXBlockState.fullyPresent.rawValue, fileOffset: at).raw
+                    dirty.insert(i)
+                } else if bat[i] != 0 {
+                    bat[i] = 0
+                    dirty.insert(i)
+                }
+            }
+        }
+        guard let loc = meta.itemLocations[VHDXMetadata.virtualDiskSize] else {
+            throw DiskError.corrupt(path: path.string, reason: "metadata region: the virtual disk size item has no location")
+        }
+        var newRaw = metadataRaw
+        newRaw.setLE64(loc.offset, newSize)
+        try logAndApply(relocation + batSectors(dirty) + metadataChanges(newRaw))
+        metadataRaw = newRaw
+        meta.virtualSize = newSize
+        geometry = newGeometry
+    }
+
+    /// Moves the BAT to a larger region at the end of the file: the new region is written and flushed
+    /// first; the region tables (both copies) switch to it through the log, with the resize's other changes.
+    /// Returns the region table sectors to log.
+    func relocateBAT(entries: UInt64) throws -> [(UInt64, [UInt8])] {
+        let length = VHDXSize.roundUp(entries * 8, VHDXSize.mib)
+        guard length <= UInt64(UInt32.max) / VHDXSize.mib * VHDXSize.mib else {
+            throw DiskError.unsupported(path: path.string, reason: "the BAT would need \(length) bytes, more than a region can hold")
+        }
+        let at = allocate(length)
+        try file.truncate(to: fileEnd)
+        diskFileSize = fileEnd
+        var bytes = [UInt8](repeating: 0, count: bat.count * 8)
+        for (i, e) in bat.enumerated() where e != 0 { bytes.setLE64(i * 8, e) }
+        try file.write(bytes, at: at)
+        unsynced = true
+        var table = regionTable
+        for i in table.entries.indices where table.entries[i].guid == VHDXRegionTable.bat {
+            table.entries[i].fileOffset = at
+            table.entries[i].length = UInt32(length)
+        }
+        let encoded = table.encode()
+        var changes: [(UInt64, [UInt8])] = []
+        for base in VHDXRegionTable.offsets {
+            for o in stride(from: 0, to: encoded.count, by: 4096) { changes.append((base + UInt64(o), Array(encoded[o..<o + 4096]))) }
+        }
+        regionTable = table
+        batRegion = VHDXRegionTable.Entry(guid: VHDXRegionTable.bat, fileOffset: at, length: UInt32(length), required: true)
+        // Pending BAT sectors now belong in the new region; they are logged with the rest.
+        return changes
+    }
+
+    /// Rewrites the parent locator (parent_linkage and paths) through the log.
+    public func setParent(_ link: ParentLink) throws {
+        guard isWritable else { throw DiskError.readOnly(path: path.string) }
+        guard meta.hasParent, let loc = meta.itemLocations[VHDXMetadata.parentLocator] else {
+            throw DiskError.unsupported(path: path.string, reason: "only a differencing VHDX has a parent locator")
+        }
+        let replaced: Set<String> = ["parent_linkage", "parent_linkage2", "relative_path", "volume_path", "absolute_win32_path"]
+        var entries = (meta.parentEntries ?? []).filter { !replaced.contains($0.0) }
+        entries.insert(("parent_linkage", VHDXGUID.braced(link.expectedID)), at: 0)
+        for l in link.locators {
+            entries.append((l.kind == .relative ? "relative_path" : l.kind == .volume ? "volume_path" : "absolute_win32_path", l.path))
+        }
+        let item = VHDXMetadata.encodeParentLocator(entries)
+        let limit = meta.itemLocations.values.map(\.offset).filter { $0 > loc.offset }.min() ?? metadataRaw.count
+        guard loc.offset + item.count <= limit else {
+            throw DiskError.unsupported(path: path.string, reason: "the new parent locator (\(item.count) bytes) does not fit the \(limit - loc.offset) bytes its metadata item has")
+        }
+        var newRaw = metadataRaw
+        newRaw.replaceSubrange(loc.offset..<loc.offset + loc.length, with: [UInt8](repeating: 0, count: loc.length))
+        newRaw.replaceSubrange(loc.offset..<loc.offset + item.count, with: item)
+        newRaw.setLE32(32 + 32 * loc.tableIndex + 20, UInt32(item.count))
+        try beginSession(dataWrite: false)
+        try logAndApply(metadataChanges(newRaw))
+        metadataRaw = newRaw
+        meta.parentEntries = entries
+        meta.itemLocations[VHDXMetadata.parentLocator]?.length = item.count
+    }
+
+    /// Turns blocks that hold only zeros into NOT_PRESENT (in a differencing image only where the parent
+    /// reads zeros too: libvhdi reads ZERO blocks of a differencing image from the parent, so Bulwark never
+    /// writes that state), punches their space out and truncates the file's free tail.
+    public func compact(progress: ProgressHandler?) throws -> UInt64 {
+        guard isWritable else { throw DiskError.readOnly(path: path.string) }
+        guard type != .fixed, !meta.leaveBlocksAllocated else { return 0 }
+        if meta.hasParent && parent == nil { return 0 }
+        let before = try file.allocatedBytes()
+        let bs = geometry.blockSize
+        let chunk = Int(min(bs, 4 << 20))
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { buffer.deallocate() }
+        func readsZero(_ reader: (UnsafeMutableRawBufferPointer, UInt64) throws -> Void, from start: UInt64, count: UInt64) throws -> Bool {
+            var done: UInt64 = 0
+            while done < count {
+                let n = Int(min(UInt64(chunk), count - done))
+                let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<n])
+                try reader(slice, start + done)
+                if !slice.allSatisfy({ $0 == 0 }) { return false }
+                done += UInt64(n)
+            }
+            return true
+        }
+        var dirty = Set<Int>()
+        var freed: [UInt64] = []
+        for block in 0..<geometry.payloadBlocks {
+            progress?(block * bs, virtualSize)
+            let i = geometry.payloadIndex(block)
+            let e = VHDXBATEntry(raw: bat[i])
+            guard e.state == VHDXBlockState.fullyPresent.rawValue || e.state == VHDXBlockState.partiallyPresent.rawValue else { continue }
+            let start = block * bs
+            let span = min(bs, virtualSize - start)
+            guard try readsZero({ try self.read(into: $0, at: $1) }, from: start, count: span) else { continue }
+            if let parent {
+                guard try readsZero({ try parent.read(into: $0, at: $1) }, from: start, count: span) else { continue }
+            }
+            bat[i] = 0
+            dirty.insert(i)
+            freed.append(e.fileOffset)
+        }
+        progress?(virtualSize, virtualSize)
+        guard !dirty.isEmpty else { return 0 }
+        // The new end: everything still referenced.
+        var end = max(header.logOffset + UInt64(header.logLength), batRegion.range.upperBound, metadataRegion.range.upperBound)
+        for (i, raw) in bat.enumerated() {
+            let e = VHDXBATEntry(raw: raw)
+            let isBitmap = (UInt64(i) + 1) % (geometry.chunkRatio + 1) == 0
+            if isBitmap, e.state == VHDXBitmapState.present { end = max(end, e.fileOffset + VHDXSize.mib) }
+            if !isBitmap, e.state == 6 || e.state == 7 { end = max(end, e.fileOffset + bs) }
+        }
+        end = VHDXSize.roundUp(end, VHDXSize.mib)
+        try beginSession(dataWrite: false)
+        fileEnd = end
+        try logAndApply(batSectors(dirty), flushedFileOffset: end)
+        try syncIfNeeded()
+        for offset in freed where offset < end { try file.punchHole(at: offset, length: bs) }
+        if diskFileSize > end {
+            try file.truncate(to: end)
+            diskFileSize = end
+        }
+        try file.sync()
+        let after = try file.allocatedBytes()
+        return before > after ? before - after : 0
+    }
+}
