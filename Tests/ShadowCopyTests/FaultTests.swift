@@ -26,6 +26,7 @@ extension ShadowCopyTests {
             let (volume, state, out, disk) = try setup()
             defer { volume.cleanup() }
             let silent = try SilentAgent()
+            defer { withExtendedLifetime(silent) {} }
             let start = Date()
             await #expect(throws: SnapshotFailure.self) {
                 _ = try await coordinator(state).snapshot(SnapshotRequest(
@@ -270,6 +271,7 @@ extension ShadowCopyTests.Faults {
         let (volume, state, out, disk) = try setup()
         defer { volume.cleanup() }
         let agent = try HangingAgent(hangOn: ["guest-fsfreeze-freeze-list"])
+        defer { withExtendedLifetime(agent) {} }
         let start = Date()
         do {
             _ = try await coordinator(state).snapshot(SnapshotRequest(

@@ -117,11 +117,12 @@ final class SilentAgent: @unchecked Sendable {
         }
         guard rc == 0, listen(fd, 8) == 0 else { throw TestFailure("silent agent: bind/listen failed: \(errno)") }
         let listener = fd
-        Thread.detachNewThread { [self] in
+        Thread.detachNewThread { [weak self] in
             while true {
                 let c = accept(listener, nil, nil)
                 if c < 0 { return }
-                lock.withLock { clients.append(c) }
+                guard let self else { close(c); return }
+                self.lock.withLock { self.clients.append(c) }
             }
         }
     }
@@ -240,12 +241,13 @@ final class HangingAgent: @unchecked Sendable {
         }
         guard rc == 0, listen(fd, 8) == 0 else { throw TestFailure("hanging agent: bind/listen failed: \(errno)") }
         let listener = fd
-        Thread.detachNewThread { [self] in
+        Thread.detachNewThread { [weak self] in
             while true {
                 let c = accept(listener, nil, nil)
                 if c < 0 { return }
-                lock.withLock { clients.append(c) }
-                Thread.detachNewThread { [self] in serve(c, hangOn: hangOn) }
+                guard let self else { close(c); return }
+                self.lock.withLock { self.clients.append(c) }
+                Thread.detachNewThread { [weak self] in self?.serve(c, hangOn: hangOn) }
             }
         }
     }
