@@ -7,6 +7,6 @@ struct Bulwark: ParsableCommand {
         commandName: "bulwark",
         abstract: "Backup, restore and storage protection for Linux hosts and guests.",
         version: "0.1.0",
-        subcommands: [DiskCommand.self]
+        subcommands: [DiskCommand.self, SnapshotCommand.self, WritersCommand.self]
     )
 }

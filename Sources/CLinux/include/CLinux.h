@@ -21,6 +21,19 @@ int bulwark_syncfs(int fd);
 /// sync_file_range(2) with SYNC_FILE_RANGE_WRITE: starts writeback of the range without waiting; 0 or -1.
 int bulwark_start_writeback(int fd, int64_t offset, int64_t length);
 
+/// fork + execve with explicit descriptors: `in`, `out`, `err` become 0, 1, 2 (-1: /dev/null) and
+/// `keep[i]` becomes descriptor 3+i; every other descriptor is closed, signal dispositions and the
+/// mask are reset. `flags`: BULWARK_SPAWN_SETSID (new session) or BULWARK_SPAWN_SETPGID (new process
+/// group). Returns the child's pid, or -1 with errno set.
+pid_t bulwark_spawn(const char *path, char *const argv[], char *const envp[], int in, int out, int err,
+                    const int *keep, int nkeep, int flags);
+
+/// pipe2(fds, O_CLOEXEC); 0 or -1.
+int bulwark_pipe_cloexec(int fds[2]);
+
+#define BULWARK_SPAWN_SETSID 0x01
+#define BULWARK_SPAWN_SETPGID 0x02
+
 #define BULWARK_FALLOC_KEEP_SIZE 0x01
 #define BULWARK_FALLOC_PUNCH_HOLE 0x02
 #define BULWARK_FALLOC_ZERO_RANGE 0x10

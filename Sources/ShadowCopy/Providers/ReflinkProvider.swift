@@ -1,0 +1,86 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLinux
+import Foundation
+import SystemPackage
+import VirtualDisk
+
+/// Point-in-time copy by reflink (FICLONE): the copy shares the disk file's extents, so it takes
+/// milliseconds whatever the size. Needs the copy on the same filesystem as the disk, and a
+/// filesystem that can share extents: xfs made with `reflink=1`, or btrfs. ext4 cannot (EOPNOTSUPP);
+/// `prepare` finds that out with a probe clone before anything is frozen.
+public struct ReflinkProvider: SnapshotProvider {
+    public init() {}
+    public var name: String { "reflink" }
+
+    public func prepare(disks: [String], context: SnapshotContext) async throws {
+        try ProviderFiles.makeDirectory(context, provider: name)
+        let dir = ProviderFiles.directory(context)
+        try await BlockingIO.run {
+            for disk in disks {
+                guard FileOps.exists(FilePath(disk)) else { throw ShadowCopyError.providerFailed(provider: "reflink", reason: "\(disk): no such file") }
+                if Paths.device(of: disk) != Paths.device(of: dir) {
+                    throw ShadowCopyError.reflinkUnsupported(source: disk, destination: dir, reason: "a reflink copy must be on the same filesystem as the disk; choose an output folder on it or use --provider copy")
+                }
+            }
+            try Self.probe(in: dir, source: disks.first ?? dir)
+        }
+    }
+
+    /// Clones an empty probe file inside `dir` to learn whether the filesystem can reflink.
+    static func probe(in dir: String, source: String) throws {
+        let a = FilePath(dir).appending(".reflink-probe-a").string, b = FilePath(dir).appending(".reflink-probe-b").string
+        let fa = open(a, O_CREAT | O_RDWR | O_TRUNC | O_CLOEXEC, 0o600), fb = open(b, O_CREAT | O_RDWR | O_TRUNC | O_CLOEXEC, 0o600)
+        defer {
+            if fa >= 0 { close(fa) }
+            if fb >= 0 { close(fb) }
+            unlink(a); unlink(b)
+        }
+        guard fa >= 0, fb >= 0 else { throw ShadowCopyError.providerFailed(provider: "reflink", reason: "cannot create a probe file in \(dir): \(Errno(rawValue: errno))") }
+        _ = write(fa, "probe", 5)
+        if bulwark_ficlone(fb, fa) != 0 {
+            throw ShadowCopyError.reflinkUnsupported(source: source, destination: dir, reason: explain(Errno(rawValue: errno)))
+        }
+    }
+
+    static func explain(_ e: Errno) -> String {
+        switch e {
+        case .notSupported, .notSupportedOnSocket, .invalidArgument, .inappropriateIOCTLForDevice:
+            return "the filesystem cannot share extents (FICLONE failed: \(e), errno \(e.rawValue)\(e == .notSupported ? " EOPNOTSUPP" : "")); reflink needs xfs with reflink=1 or btrfs (ext4 has none); use --provider copy"
+        case .improperLink:
+            return "the copy is on another filesystem (FICLONE: EXDEV)"
+        default:
+            return "FICLONE failed: \(e) (errno \(e.rawValue))"
+        }
+    }
+
+    public func snapshot(disks: [String], context: SnapshotContext, deadline: Date) async throws -> ProviderSnapshot {
+        let targets = disks.map { ProviderFiles.copyPath(of: $0, context) }
+        try await BlockingIO.run {
+            for (disk, target) in zip(disks, targets) {
+                let src = open(disk, O_RDONLY | O_CLOEXEC)
+                guard src >= 0 else { throw ShadowCopyError.providerFailed(provider: "reflink", reason: "\(disk): open: \(Errno(rawValue: errno))") }
+                defer { close(src) }
+                let dst = open(target, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o644)
+                guard dst >= 0 else { throw ShadowCopyError.providerFailed(provider: "reflink", reason: "\(target): create: \(Errno(rawValue: errno))") }
+                defer { close(dst) }
+                if bulwark_ficlone(dst, src) != 0 {
+                    let e = Errno(rawValue: errno)
+                    unlink(target)
+                    throw ShadowCopyError.reflinkUnsupported(source: disk, destination: target, reason: Self.explain(e))
+                }
+            }
+        }
+        return ProviderSnapshot(copies: targets)
+    }
+
+    public func finish(_ snapshot: ProviderSnapshot, context: SnapshotContext) async throws {
+        let copies = snapshot.copies
+        try await BlockingIO.run { try ProviderFiles.sync(copies, provider: "reflink") }
+    }
+
+    public func abort(disks: [String], context: SnapshotContext) async {
+        ProviderFiles.removeAll(disks, context)
+    }
+}

@@ -1,0 +1,101 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import SystemPackage
+import VirtualDisk
+
+/// The persisted writer states: `<state dir>/writers.json`, one record per writer id, read and
+/// rewritten under an exclusive `flock` on `writers.json.lock`, published by rename so a reader
+/// never sees half a file. Several coordinators (and the watchdog) share it.
+///
+/// Blocking: call from a `BlockingIO` thread.
+public struct WriterStateStore: Sendable {
+    /// The default state folder, unless BULWARK_STATE_DIR says otherwise.
+    public static let defaultDirectory = "/var/lib/bulwark"
+
+    /// `explicit`, else $BULWARK_STATE_DIR, else /var/lib/bulwark.
+    public static func resolveDirectory(_ explicit: String? = nil) -> String {
+        if let explicit, !explicit.isEmpty { return explicit }
+        if let env = ProcessInfo.processInfo.environment["BULWARK_STATE_DIR"], !env.isEmpty { return env }
+        return defaultDirectory
+    }
+
+    public let directory: String
+    public var path: String { FilePath(directory).appending("writers.json").string }
+
+    public init(directory: String) { self.directory = directory }
+
+    /// Every record, ordered by name then id. A missing file is an empty list.
+    public func load() throws -> [WriterRecord] {
+        try locked { try read() }
+    }
+
+    /// Applies `change` to the records and writes them back, atomically under the lock.
+    public func update(_ change: (inout [String: WriterRecord]) throws -> Void) throws {
+        try ensureDirectory()
+        try locked {
+            var map = Dictionary(try read().map { ($0.identity.id, $0) }, uniquingKeysWith: { $1 })
+            try change(&map)
+            try write(map.values.sorted { ($0.identity.name, $0.identity.id) < ($1.identity.name, $1.identity.id) })
+        }
+    }
+
+    private func ensureDirectory() throws {
+        do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
+            throw ShadowCopyError.stateFile(path: directory, reason: "cannot create the state folder: \(error.localizedDescription)")
+        }
+    }
+
+    private func locked<T>(_ body: () throws -> T) throws -> T {
+        let lockPath = path + ".lock"
+        if !FileOps.exists(FilePath(directory)) { return try body() }
+        let fd = open(lockPath, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw ShadowCopyError.stateFile(path: lockPath, reason: "open: \(Errno(rawValue: errno))") }
+        defer { close(fd) }
+        while flock(fd, LOCK_EX) != 0 {
+            if errno != EINTR { throw ShadowCopyError.stateFile(path: lockPath, reason: "flock: \(Errno(rawValue: errno))") }
+        }
+        return try body()
+    }
+
+    private func read() throws -> [WriterRecord] {
+        guard let data = FileManager.default.contents(atPath: path) else { return [] }
+        if data.isEmpty { return [] }
+        do {
+            return try Self.decoder.decode([WriterRecord].self, from: data)
+        } catch {
+            throw ShadowCopyError.stateFile(path: path, reason: "not a valid writer state file: \(error)")
+        }
+    }
+
+    private func write(_ records: [WriterRecord]) throws {
+        let data = try Self.encoder.encode(records)
+        let temp = path + ".tmp-\(getpid())"
+        guard FileManager.default.createFile(atPath: temp, contents: data) else {
+            throw ShadowCopyError.stateFile(path: temp, reason: "cannot write")
+        }
+        do {
+            let f = try BlockFile.open(FilePath(temp), writable: false)
+            try f.sync()
+            try f.close()
+            try FileOps.rename(FilePath(temp), to: FilePath(path))
+        } catch {
+            try? FileOps.remove(FilePath(temp))
+            throw ShadowCopyError.stateFile(path: path, reason: "\(error)")
+        }
+    }
+
+    static var encoder: JSONEncoder {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        e.dateEncodingStrategy = .iso8601
+        return e
+    }
+
+    static var decoder: JSONDecoder {
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .iso8601
+        return d
+    }
+}

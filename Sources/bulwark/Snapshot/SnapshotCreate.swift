@@ -1,0 +1,83 @@
+import ArgumentParser
+import Foundation
+import ShadowCopy
+
+struct SnapshotCreate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "create",
+        abstract: "Take an application-consistent point-in-time copy of a guest disk.",
+        discussion: """
+        Writers are frozen in the order qga, fsfreeze, hook, for at most --timeout (default 10s), \
+        while the provider copies the disk: reflink (FICLONE, xfs reflink=1 or btrfs; the copy goes \
+        to OUTPUT/<snapshot id>/ on the same filesystem), copy (any filesystem, slower hold) or \
+        differencing (VHD/VHDX: the current file becomes the point-in-time image and a new \
+        differencing child next to it becomes the live disk). Writer states go to the state folder \
+        (--state-dir, $BULWARK_STATE_DIR, default /var/lib/bulwark).
+        """
+    )
+
+    enum ProviderName: String, ExpressibleByArgument, CaseIterable { case reflink, copy, differencing }
+
+    @Option(help: "The guest disk file.") var disk: [String]
+    @Option(help: "reflink, copy or differencing.") var provider: ProviderName = .reflink
+    @Option(help: ArgumentHelp("A QEMU guest agent socket, optionally with the mountpoints to freeze.", valueName: "SOCKET[:MOUNT,...]"))
+    var qga: [String] = []
+    @Option(help: "Freeze this host filesystem (FIFREEZE).") var fsfreeze: [String] = []
+    @Option(help: "An executable called with freeze and thaw.") var hook: [String] = []
+    @Option(help: "Longest freeze hold.") var timeout: Seconds = Seconds(argument: "10s")!
+    @Option(help: "Where copies go.") var output: String?
+    @Option(help: "The writer state folder.") var stateDir: String?
+    @Flag(help: "Continue crash-consistent when a writer fails, instead of failing.") var allowCrashConsistent = false
+    @Flag(help: "Print the result as JSON.") var json = false
+    @Option(help: .hidden) var pauseWhileFrozen: Double = 0
+
+    func validate() throws {
+        if disk.isEmpty { throw ValidationError("--disk is required") }
+        if output == nil, provider != .differencing { throw ValidationError("--output is required for the \(provider.rawValue) provider") }
+    }
+
+    func run() throws {
+        var writers: [any SnapshotWriter] = []
+        for spec in qga {
+            let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
+            let mounts = parts.count > 1 ? parts[1].split(separator: ",").map(String.init) : []
+            writers.append(GuestAgentWriter(socket: parts[0], mountpoints: mounts))
+        }
+        writers += fsfreeze.map { FilesystemFreezeWriter(mountpoint: $0) }
+        writers += hook.map { HookWriter(path: $0, timeout: timeout.value) }
+        let chosen: any SnapshotProvider
+        switch provider {
+        case .reflink: chosen = ReflinkProvider()
+        case .copy: chosen = CopyProvider()
+        case .differencing: chosen = DifferencingProvider()
+        }
+        let request = SnapshotRequest(
+            writers: writers, provider: chosen, disks: disk, outputDirectory: output ?? FileManager.default.currentDirectoryPath,
+            policy: SnapshotPolicy(holdTimeout: timeout.value, fallBackToCrashConsistent: allowCrashConsistent),
+            pauseWhileFrozen: pauseWhileFrozen)
+        var echo: (@Sendable (String) -> Void)?
+        if !json { echo = { @Sendable line in FileHandle.standardError.write(Data((line + "\n").utf8)) } }
+        let coordinator = SnapshotCoordinator(stateDirectory: WriterStateStore.resolveDirectory(stateDir), echo: echo)
+        let json = self.json
+        do {
+            let result = try AsyncBridge.run { try await coordinator.snapshot(request) }
+            if json { try Output.json(result); return }
+            for (i, copy) in result.copies.enumerated() {
+                print("copy: \(copy)")
+                if i < result.newLeaves.count { print("live disk: \(result.newLeaves[i])") }
+            }
+            for w in result.writers {
+                var line = "writer \(w.identity.name): \(w.froze ? "froze and thawed" : "not frozen"), \(w.state.rawValue)"
+                if w.lastError != .none { line += ", \(w.lastError.rawValue): \(w.errorMessage)" }
+                if let from = w.resetFrom { line += " (reset from \(from))" }
+                print(line)
+            }
+            print("snapshot: \(result.snapshotID)")
+            print("consistency: \(result.consistency.rawValue)")
+            print(String(format: "freeze hold: %.3f s", result.freezeHoldSeconds))
+        } catch let failure as SnapshotFailure {
+            if json { try Output.json(failure.result) }
+            throw failure
+        }
+    }
+}

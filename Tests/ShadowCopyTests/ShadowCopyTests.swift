@@ -1,3 +1,0 @@
-// PLACEHOLDER: the snapshot coordinator's tests go here.
-import Testing
-import ShadowCopy
