@@ -141,6 +141,7 @@ public enum ConvertOperation {
             return written
         }
         let levels = chain.levels
+        for level in levels { OperationIO.adviseSequential(level.file) }
         // Targets whose bytes sit at fixed file offsets are written straight into the file, from two
         // threads; the others through the format, in order.
         let layout = try fileLayout(of: target)

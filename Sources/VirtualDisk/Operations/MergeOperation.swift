@@ -222,6 +222,7 @@ public enum MergeOperation {
         }
         var done = skipped
         progress?(done, total)
+        for level in levels { OperationIO.adviseSequential(level.file) }
         let pipeline = CopyPipeline(pieces: pieces) { piece, buffer in
             let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<piece.range.count])
             if let level = piece.level {

@@ -95,6 +95,11 @@ enum OperationIO {
     }
     static let writebackInterval: UInt64 = 128 << 20
 
+    /// Tells the kernel `file` will be read front to back (a larger readahead window for cold reads).
+    static func adviseSequential(_ file: BlockFile) {
+        _ = posix_fadvise(file.descriptor.rawValue, 0, 0, POSIX_FADV_SEQUENTIAL)
+    }
+
     /// Whether process `pid` is still running.
     static func isRunning(_ pid: Int32) -> Bool {
         kill(pid, 0) == 0 || errno == EPERM
