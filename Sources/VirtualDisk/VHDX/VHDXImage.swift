@@ -85,7 +85,6 @@ public final class VHDXImage: DiskImage, MaintainableImage {
 
     public var properties: [String: String] {
         var p: [String: String] = [
-            "block size": String(meta.blockSize),
             "chunk ratio": String(geometry.chunkRatio),
             "log size": String(header.logLength),
             "log": header.isLogDirty ? "dirty (LogGuid \(header.logGuid.uuidString.lowercased()))" : "clean",
