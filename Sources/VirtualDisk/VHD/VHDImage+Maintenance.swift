@@ -13,8 +13,13 @@ extension VHDImage {
         guard newSize >= virtualSize else {
             throw DiskError.unsupported(path: path.string, reason: "shrinking a VHD (from \(virtualSize) to \(newSize) bytes) is not supported")
         }
-        guard newSize != virtualSize else { return }
         guard file.isWritable else { throw DiskError.readOnly(path: path.string) }
+        guard newSize != virtualSize else {
+            // Already this size. A resize killed between its two footer writes leaves the copy at 0
+            // stale: a re-run completes it.
+            if header != nil, try file.read(count: 512, at: 0) != footer.bytes { try writeFooters(footer) }
+            return
+        }
         try flush()
         var newFooter = footer
         newFooter.currentSize = newSize
@@ -148,8 +153,8 @@ extension VHDImage {
         defer { buffer.deallocate() }
         var released: [Int] = []
         for index in bat.indices where bat[index] != Self.unused {
-            progress?(UInt64(index), UInt64(bat.count))
             let start = UInt64(index) * UInt64(bs)
+            progress?(min(start, virtualSize), virtualSize)
             let end = min(start + UInt64(bs), virtualSize)
             guard start < end else { continue }
             var zero = true
@@ -165,6 +170,7 @@ extension VHDImage {
             }
             if zero { released.append(index) }
         }
+        progress?(virtualSize, virtualSize)
         guard !released.isEmpty else { return 0 }
         var free = released.map { UInt64(bat[$0]) * 512 }
         for index in released { bat[index] = Self.unused }
