@@ -9,16 +9,6 @@ import VirtualDisk
 enum OpsCLI {
     static let size = 8 << 20
 
-    static func ready(_ format: DiskFormat) -> Bool {
-        if format == .raw { return true }
-        guard let dir = try? TempDir("ops-probe") else { return false }
-        let path = FilePath(dir.file("probe.\(format.rawValue)"))
-        guard let image = try? DiskImages.create(at: path, options: CreateOptions(format: format, type: .dynamic, virtualSize: 1 << 20)) else {
-            return false
-        }
-        try? image.close()
-        return true
-    }
 
     static func blockSize(_ format: DiskFormat) -> Int? {
         switch format { case .vhd: 512 << 10; case .vhdx: 1 << 20; case .raw: nil }

@@ -10,7 +10,6 @@ import TestSupport
     /// Random data plus whole zero-filled blocks: compaction reclaims space, never changes a byte.
     @Test(arguments: cases)
     func randomizedCompactKeepsContents(format: DiskFormat, type: DiskType, depth: Int) throws {
-        guard Ops.require(format) else { return }
         let dir = try TempDir("ops-compact")
         var rng = SeededRandom(seed: UInt64(17 + depth + format.rawValue.count))
         var model = ChainModel(size: Ops.size)
@@ -61,7 +60,6 @@ import TestSupport
     /// Expanding keeps every byte and the new space reads as zeros.
     @Test(arguments: cases)
     func randomizedExpandKeepsContents(format: DiskFormat, type: DiskType) throws {
-        guard Ops.require(format) else { return }
         let dir = try TempDir("ops-resize")
         var rng = SeededRandom(seed: 23)
         var model = ChainModel(size: Ops.size)
@@ -85,7 +83,6 @@ import TestSupport
 
     @Test(arguments: [DiskFormat.vhd, .vhdx])
     func refusesAParentWithChildrenUnlessForced(format: DiskFormat) throws {
-        guard Ops.require(format) else { return }
         let dir = try TempDir("ops-resize")
         var rng = SeededRandom(seed: 29)
         var model = ChainModel(size: Ops.size)
@@ -114,8 +111,7 @@ import TestSupport
 
     @Test func hiddenChildrenFromTheChildrenOption() throws {
         // ChildFinder looks beside the parent and in the folders it is given.
-        guard Ops.require(.vhdx) || Ops.require(.vhd) else { return }
-        let format: DiskFormat = Ops.ready(.vhdx) ? .vhdx : .vhd
+        let format: DiskFormat = .vhdx
         let dir = try TempDir("ops-resize"), other = try TempDir("ops-resize-other")
         let base = FilePath(dir.file(Ops.name("base", format)))
         try DiskImages.create(at: base, options: CreateOptions(format: format, type: .dynamic, virtualSize: 4 << 20)).close()
@@ -131,7 +127,6 @@ import TestSupport
 @Suite struct OpsResizeShrinkTests {
     /// A VHDX shrinks only over an unallocated tail; a VHD never shrinks; neither loses data.
     @Test func vhdxShrinksOnlyOverAnEmptyTail() throws {
-        guard Ops.require(.vhdx) else { return }
         let dir = try TempDir("ops-resize")
         let path = FilePath(dir.file("disk.vhdx"))
         let image = try DiskImages.create(at: path, options: CreateOptions(format: .vhdx, type: .dynamic, virtualSize: 16 << 20, blockSize: 1 << 20))
@@ -152,7 +147,6 @@ import TestSupport
     }
 
     @Test func vhdRefusesToShrink() throws {
-        guard Ops.require(.vhd) else { return }
         let dir = try TempDir("ops-resize")
         let path = FilePath(dir.file("disk.vhd"))
         try DiskImages.create(at: path, options: CreateOptions(format: .vhd, type: .dynamic, virtualSize: 8 << 20)).close()
@@ -164,7 +158,6 @@ import TestSupport
 @Suite struct OpsConvertSectorTests {
     /// A 4 KiB-sector VHDX converts to every format with the same bytes; a VHDX target keeps 4 KiB sectors.
     @Test func fourKSectorVHDXConverts() throws {
-        guard Ops.require(.vhdx) else { return }
         let dir = try TempDir("ops-convert")
         let src = FilePath(dir.file("4k.vhdx"))
         let image = try DiskImages.create(at: src, options: CreateOptions(format: .vhdx, type: .dynamic, virtualSize: 8 << 20,
@@ -173,7 +166,7 @@ import TestSupport
         try image.write(rng.bytes(300_000), at: 3 << 20)
         try image.close()
         let expected = try Ops.readAll(src)
-        for target in DiskFormat.allCases where Ops.ready(target) {
+        for target in DiskFormat.allCases {
             let dst = FilePath(dir.file(Ops.name("out", target)))
             _ = try ConvertOperation.convert(source: src, destination: dst)
             #expect(Ops.firstDifference(try Ops.readAll(dst), expected) == nil, "\(target)")

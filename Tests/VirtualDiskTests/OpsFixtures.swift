@@ -10,26 +10,7 @@ enum Ops {
     /// Virtual size of test disks.
     static let size = 8 << 20
 
-    /// Whether `format` is implemented in this build (VHD and VHDX arrive from other branches).
-    static func ready(_ format: DiskFormat) -> Bool {
-        if format == .raw { return true }
-        guard let dir = try? TempDir("ops-probe") else { return false }
-        let path = FilePath(dir.file("probe.\(format.rawValue)"))
-        guard let image = try? DiskImages.create(at: path, options: CreateOptions(format: format, type: .dynamic, virtualSize: 1 << 20)) else {
-            return false
-        }
-        try? image.close()
-        return true
-    }
 
-    /// Skips (with a note) a test case for a format this build does not have yet.
-    static func require(_ formats: DiskFormat...) -> Bool {
-        for f in formats where !ready(f) {
-            print("skipping: the \(f.rawValue) format is not implemented in this build")
-            return false
-        }
-        return true
-    }
 
     static func blockSize(_ format: DiskFormat) -> Int? {
         switch format { case .vhd: 512 << 10; case .vhdx: 1 << 20; case .raw: nil }

@@ -12,7 +12,6 @@ import TestSupport
     /// external readers agree.
     @Test(arguments: cases)
     func randomizedMergeMatchesModel(format: DiskFormat, baseType: DiskType) throws {
-        guard Ops.require(format) else { return }
         for seed in UInt64(1)...4 {
             let dir = try TempDir("ops-merge")
             var rng = SeededRandom(seed: seed &* 7919 &+ UInt64(format.rawValue.count * 2 + (baseType == .fixed ? 1 : 0)))
@@ -45,7 +44,6 @@ import TestSupport
     /// Merging a middle level re-points the image above it to the ancestor, which keeps reading the same.
     @Test(arguments: [DiskFormat.vhd, .vhdx])
     func mergeRepointsTheChildsChildren(format: DiskFormat) throws {
-        guard Ops.require(format) else { return }
         let dir = try TempDir("ops-merge")
         var rng = SeededRandom(seed: 99)
         var model = ChainModel(size: Ops.size)
@@ -69,7 +67,6 @@ import TestSupport
     /// nothing written; --force merges anyway.
     @Test(arguments: [DiskFormat.vhd, .vhdx])
     func refusesToBreakOtherChildrenOfTheAncestor(format: DiskFormat) throws {
-        guard Ops.require(format) else { return }
         let dir = try TempDir("ops-merge")
         var rng = SeededRandom(seed: 5)
         var model = ChainModel(size: Ops.size)
@@ -90,7 +87,6 @@ import TestSupport
     /// A record left by an interrupted merge is finished by the next run, and `check` names it meanwhile.
     @Test(arguments: [DiskFormat.vhd, .vhdx])
     func pendingRecordIsReportedAndResumed(format: DiskFormat) throws {
-        guard Ops.require(format) else { return }
         let dir = try TempDir("ops-merge")
         var rng = SeededRandom(seed: 11)
         var model = ChainModel(size: Ops.size)

@@ -8,7 +8,6 @@ import TestSupport
     /// A chain whose base moved: reparent to the copy, the chain reads as before (here and in libvhdi).
     @Test(arguments: [DiskFormat.vhd, .vhdx])
     func randomizedReparentToMovedParent(format: DiskFormat) throws {
-        guard Ops.require(format) else { return }
         let dir = try TempDir("ops-reparent"), moved = try TempDir("ops-reparent-moved")
         var rng = SeededRandom(seed: 41)
         var model = ChainModel(size: Ops.size)
@@ -32,7 +31,6 @@ import TestSupport
     /// A different parent is refused (identity), unless accepted explicitly; then the new id is recorded.
     @Test(arguments: [DiskFormat.vhd, .vhdx])
     func identityMismatchNeedsConsent(format: DiskFormat) throws {
-        guard Ops.require(format) else { return }
         let dir = try TempDir("ops-reparent")
         var rng = SeededRandom(seed: 43)
         var model = ChainModel(size: Ops.size)
@@ -70,7 +68,6 @@ import TestSupport
     /// Missing parent, replaced parent: reported, and the files are left as they were.
     @Test(arguments: [DiskFormat.vhd, .vhdx])
     func chainProblemsAreFoundWithoutChangingAnything(format: DiskFormat) throws {
-        guard Ops.require(format) else { return }
         let dir = try TempDir("ops-check")
         var rng = SeededRandom(seed: 47)
         var model = ChainModel(size: Ops.size)
@@ -95,7 +92,6 @@ import TestSupport
 
     /// Format-level damage: a VHD whose footer is destroyed is reported, and repaired from its copy.
     @Test func damagedVHDFooterIsRepairedOnlyWithRepair() throws {
-        guard Ops.require(.vhd) else { return }
         let dir = try TempDir("ops-check")
         var rng = SeededRandom(seed: 53)
         var model = ChainModel(size: Ops.size)
