@@ -146,7 +146,8 @@ public enum ConvertOperation {
         // threads; the others through the format, in order.
         let layout = try fileLayout(of: target)
         let counters = NSLock()
-        let pipeline = CopyPipeline(pieces: pieces, writers: layout == nil ? 1 : 2) { piece, buffer in
+        let pipeline = CopyPipeline(pieces: pieces, writers: layout == nil ? 1 : 2,
+                                    prefetch: { OperationIO.prefetch(levels[$0.level], $0.range) }) { piece, buffer in
             try levels[piece.level].read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<piece.range.count]), at: piece.range.lowerBound)
         }
         var unsynced: UInt64 = 0

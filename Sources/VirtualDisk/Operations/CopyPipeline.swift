@@ -8,6 +8,8 @@ import Foundation
 final class CopyPipeline<Piece>: @unchecked Sendable {
     private let pieces: [Piece]
     private let read: (Piece, UnsafeMutableRawBufferPointer) throws -> Void
+    private let prefetch: ((Piece) -> Void)?
+    private let lookahead: Int
     private let lock = NSLock()
     private var free: [UnsafeMutableRawBufferPointer]
     private var ready: [(index: Int, buffer: UnsafeMutableRawBufferPointer?, error: Error?)] = []
@@ -20,10 +22,15 @@ final class CopyPipeline<Piece>: @unchecked Sendable {
 
     /// `read` fills the buffer (at least as large as the piece needs) for one piece; it runs on the
     /// pipeline's thread and must only touch objects the writers do not use meanwhile.
+    /// `prefetch`, when given, is called (on the reading thread) for the piece `lookahead` places
+    /// ahead of the one being read, so the kernel fetches it in parallel (cold caches, virtual disks).
     init(pieces: [Piece], depth: Int = 3, writers: Int = 1, chunkSize: Int = OperationIO.chunkSize,
+         lookahead: Int = 4, prefetch: ((Piece) -> Void)? = nil,
          read: @escaping (Piece, UnsafeMutableRawBufferPointer) throws -> Void) {
         self.pieces = pieces
         self.read = read
+        self.prefetch = prefetch
+        self.lookahead = lookahead
         writerCount = max(1, writers)
         buffers = (0..<(depth + writerCount)).map { _ in OperationIO.buffer(chunkSize) }
         free = buffers
@@ -91,7 +98,9 @@ final class CopyPipeline<Piece>: @unchecked Sendable {
 
     private func produce() {
         defer { finished.signal() }
+        if let prefetch { for piece in pieces.prefix(lookahead) { prefetch(piece) } }
         for index in pieces.indices {
+            if let prefetch, index + lookahead < pieces.count { prefetch(pieces[index + lookahead]) }
             freeSignal.wait()
             lock.lock()
             if cancelled || free.isEmpty { lock.unlock(); return }

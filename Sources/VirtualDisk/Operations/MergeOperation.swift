@@ -223,7 +223,9 @@ public enum MergeOperation {
         var done = skipped
         progress?(done, total)
         for level in levels { OperationIO.adviseSequential(level.file) }
-        let pipeline = CopyPipeline(pieces: pieces) { piece, buffer in
+        let pipeline = CopyPipeline(pieces: pieces, prefetch: { piece in
+            if let level = piece.level { OperationIO.prefetch(levels[level], piece.range) }
+        }) { piece, buffer in
             let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<piece.range.count])
             if let level = piece.level {
                 try levels[level].read(into: slice, at: piece.range.lowerBound)

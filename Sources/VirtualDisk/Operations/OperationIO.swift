@@ -100,6 +100,24 @@ enum OperationIO {
         _ = posix_fadvise(file.descriptor.rawValue, 0, 0, POSIX_FADV_SEQUENTIAL)
     }
 
+    /// Asks the kernel to start reading, in the background, the file ranges that hold `range` of
+    /// `image` (through its parents where it holds nothing), so later reads find them cached.
+    static func prefetch(_ image: any DiskImage, _ range: Range<UInt64>) {
+        guard let extents = try? image.extents(in: range) else { return }
+        for e in extents {
+            switch e.kind {
+            case .data(let fileOffset):
+                _ = posix_fadvise(image.file.descriptor.rawValue, off_t(fileOffset), off_t(e.range.count), POSIX_FADV_WILLNEED)
+            case .unallocated:
+                if let parent = image.parent, e.range.lowerBound < parent.virtualSize {
+                    prefetch(parent, e.range.lowerBound..<min(e.range.upperBound, parent.virtualSize))
+                }
+            case .zero:
+                break
+            }
+        }
+    }
+
     /// Whether process `pid` is still running.
     static func isRunning(_ pid: Int32) -> Bool {
         kill(pid, 0) == 0 || errno == EPERM
