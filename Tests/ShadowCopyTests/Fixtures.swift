@@ -107,15 +107,7 @@ final class SilentAgent: @unchecked Sendable {
     init() throws {
         dir = try TempDir("bulwark-silent")
         socket = dir.file("silent.sock")
-        fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(socket.utf8)
-        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes + [0]) }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0, listen(fd, 8) == 0 else { throw TestFailure("silent agent: bind/listen failed: \(errno)") }
+        fd = try listeningUnixSocket(at: socket, for: "silent agent")
         let listener = fd
         Thread.detachNewThread { [weak self] in
             while true {
@@ -231,15 +223,7 @@ final class HangingAgent: @unchecked Sendable {
     init(hangOn: Set<String>) throws {
         dir = try TempDir("bulwark-hang")
         socket = dir.file("agent.sock")
-        fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(socket.utf8)
-        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes + [0]) }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0, listen(fd, 8) == 0 else { throw TestFailure("hanging agent: bind/listen failed: \(errno)") }
+        fd = try listeningUnixSocket(at: socket, for: "hanging agent")
         let listener = fd
         Thread.detachNewThread { [weak self] in
             while true {
@@ -288,4 +272,22 @@ final class HangingAgent: @unchecked Sendable {
         close(fd)
         lock.withLock { clients.forEach { shutdown($0, Int32(SHUT_RDWR)); close($0) } }
     }
+}
+
+/// A unix stream socket bound to `path` and listening (the fake agents' server side).
+func listeningUnixSocket(at path: String, for what: String) throws -> Int32 {
+    let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes + [0]) }
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard rc == 0, listen(fd, 8) == 0 else {
+        let e = errno
+        close(fd)
+        throw TestFailure("\(what): bind/listen on \(path) failed: errno \(e)")
+    }
+    return fd
 }
