@@ -223,7 +223,11 @@ public enum MergeOperation {
         var done = skipped
         progress?(done, total)
         for level in levels { OperationIO.adviseSequential(level.file) }
-        let pipeline = CopyPipeline(pieces: pieces, prefetch: { piece in
+        // Prefetch about 64 MiB ahead: merged runs are often single small blocks, and a fixed count of
+        // pieces ahead would keep too little in flight on a cold cache.
+        let averagePiece = max(1, pieces.reduce(0) { $0 + $1.range.count } / max(1, pieces.count))
+        let lookahead = min(128, max(4, (64 << 20) / averagePiece))
+        let pipeline = CopyPipeline(pieces: pieces, lookahead: lookahead, prefetch: { piece in
             if let level = piece.level { OperationIO.prefetch(levels[level], piece.range) }
         }) { piece, buffer in
             let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<piece.range.count])
