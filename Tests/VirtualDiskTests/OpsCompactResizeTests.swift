@@ -109,6 +109,27 @@ import TestSupport
         #expect(try Ops.readAll(path)[6 << 20] == 9)
     }
 
+    /// A VHD resize killed between its end footer and the copy at offset 0 leaves the copy stale;
+    /// running the same resize again completes it.
+    @Test func vhdResizeRerunCompletesAStaleFooterCopy() throws {
+        let dir = try TempDir("ops-resize")
+        let path = FilePath(dir.file("disk.vhd"))
+        let image = try DiskImages.create(at: path, options: CreateOptions(format: .vhd, type: .dynamic, virtualSize: 8 << 20))
+        try image.write([7], at: 1 << 20)
+        try image.close()
+        let oldCopy = try BlockFile.open(path, writable: false).read(count: 512, at: 0)
+        _ = try ResizeOperation.resize(path: path, to: 16 << 20)
+        // The state a kill between the two footer writes leaves: new end footer, old copy at 0.
+        let file = try BlockFile.open(path, writable: true)
+        try file.write(oldCopy, at: 0)
+        try file.close()
+        #expect(try !ChainCheck.check(path: path).isClean)
+        let r = try ResizeOperation.resize(path: path, to: 16 << 20)
+        #expect(r.newSize == 16 << 20)
+        #expect(try ChainCheck.check(path: path).isClean)
+        #expect(try Ops.readAll(path)[1 << 20] == 7)
+    }
+
     @Test func hiddenChildrenFromTheChildrenOption() throws {
         // ChildFinder looks beside the parent and in the folders it is given.
         let format: DiskFormat = .vhdx

@@ -18,8 +18,9 @@ public enum ResizeOperation {
         defer { try? chain.close() }
         let image = chain.leaf
         let old = image.virtualSize
-        if newSize == old { return ResizeResult(path: FileOps.absolute(path).string, oldSize: old, newSize: newSize) }
-        if !found.isEmpty, !force { throw DiskError.hasChildren(path: path.string, children: found.map(\.string)) }
+        // The same size changes nothing, but still goes to the format: a re-run after a resize was
+        // killed part way completes what it left (a VHD's footer copy at offset 0).
+        if newSize != old, !found.isEmpty, !force { throw DiskError.hasChildren(path: path.string, children: found.map(\.string)) }
         if let raw = image as? RawImage {
             if newSize < old, let data = try raw.file.nextData(from: newSize), data < old {
                 throw DiskError.unsupported(path: path.string, reason: "cannot shrink to \(newSize) bytes: the tail holds data (at \(data))")

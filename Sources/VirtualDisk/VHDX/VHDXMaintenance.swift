@@ -16,13 +16,13 @@ extension VHDXImage {
     /// parent's size.
     public func resize(to newSize: UInt64) throws {
         guard isWritable else { throw DiskError.readOnly(path: path.string) }
+        guard newSize != virtualSize else { return }
         guard !meta.hasParent else {
             throw DiskError.unsupported(path: path.string, reason: "a differencing VHDX has its parent's size; merge it or resize the whole chain")
         }
         guard newSize > 0, newSize <= 64 << 40, newSize % geometry.logicalSectorSize == 0 else {
             throw DiskError.invalidArgument("\(path.string): new size \(newSize) must be a nonzero multiple of the logical sector size \(logicalSectorSize), at most 64 TiB")
         }
-        guard newSize != virtualSize else { return }
         let newGeometry = VHDXGeometry(virtualSize: newSize, blockSize: geometry.blockSize, logicalSectorSize: geometry.logicalSectorSize)
         let needed = newGeometry.entryCount(differencing: false) * 8
         if newSize < virtualSize {
