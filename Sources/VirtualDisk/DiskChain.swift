@@ -15,8 +15,11 @@ public struct DiskChain {
 
     public init(levels: [any DiskImage]) { self.levels = levels }
 
-    /// Opens `path` and all its parents.
-    public static func open(_ path: FilePath, writable: Bool = false) throws -> DiskChain {
+    /// Opens `path` and all its parents. `acceptsMismatch(child, parent)`, when given, may excuse a
+    /// parent whose identity differs from the child's record (a merge in progress; see
+    /// `PendingMergeChain`); everything else is checked as always.
+    public static func open(_ path: FilePath, writable: Bool = false,
+                            acceptsMismatch: ((FilePath, FilePath) -> Bool)? = nil) throws -> DiskChain {
         let leaf = try DiskImages.openLevel(path, writable: writable)
         var levels: [any DiskImage] = [leaf]
         var seen: [String] = [FileOps.canonical(path).string]
@@ -34,10 +37,10 @@ public struct DiskChain {
                 guard parent.format == child.format else {
                     throw DiskError.unsupported(path: child.path.string, reason: "its parent \(parentPath.string) is \(parent.format.rawValue.uppercased()) but the child is \(child.format.rawValue.uppercased()); a chain must use one format (convert the parent first)")
                 }
-                guard parent.identity == link.expectedID else {
+                guard parent.identity == link.expectedID || acceptsMismatch?(child.path, parentPath) == true else {
                     throw DiskError.parentMismatch(child: child.path.string, parent: parentPath.string,
                                                    expectedID: link.expectedID.uuidString.lowercased(),
-                                                   foundID: parent.identity.uuidString.lowercased())
+                                                   foundID: parent.identityString)
                 }
                 try child.attachParent(parent)
             }

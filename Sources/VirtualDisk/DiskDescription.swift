@@ -26,7 +26,7 @@ public struct DiskDescription: Codable, Sendable, Equatable {
         logicalSectorSize = image.logicalSectorSize
         physicalSectorSize = image.physicalSectorSize
         blockSize = image.blockSize
-        identity = image.identity.uuidString.lowercased()
+        identity = image.identityString
         parentID = image.parentLink?.expectedID.uuidString.lowercased()
         parentLocators = image.parentLink?.locators
         properties = image.properties

@@ -115,6 +115,8 @@ public protocol DiskImage: AnyObject {
 extension DiskImage {
     public var path: FilePath { file.path }
     public var isWritable: Bool { file.isWritable }
+    /// The identity as a lowercase string (how records, reports and errors print it).
+    public var identityString: String { identity.uuidString.lowercased() }
 
     /// Checks that `offset..<offset+length` lies inside the virtual disk.
     public func checkRange(offset: UInt64, length: Int) throws {

@@ -124,7 +124,3 @@ enum OperationIO {
     }
 }
 
-extension DiskImage {
-    /// The identity as a lowercase string (how records and reports print it).
-    var identityString: String { identity.uuidString.lowercased() }
-}

@@ -62,32 +62,8 @@ public enum PendingMergeChain {
     }
 
     static func openAllowing(_ path: FilePath, intents: [MergeIntent]) throws -> DiskChain {
-        let leaf = try DiskImages.openLevel(path)
-        var levels: [any DiskImage] = [leaf]
-        var seen = [OperationIO.key(path)]
-        do {
-            while let link = levels.last!.parentLink {
-                let child = levels.last!
-                let parentPath = try DiskChain.resolveParent(of: child.path, link: link)
-                let key = OperationIO.key(parentPath)
-                if seen.contains(key) { throw DiskError.chainLoop(path: path.string, chain: seen + [key]) }
-                let parent = try DiskImages.openLevel(parentPath)
-                levels.append(parent)
-                seen.append(key)
-                guard parent.format == child.format else {
-                    throw DiskError.unsupported(path: child.path.string, reason: "its parent \(parentPath.string) is \(parent.format.rawValue.uppercased()) but the child is \(child.format.rawValue.uppercased())")
-                }
-                if parent.identity != link.expectedID, !allows(child: child.path, parent: parentPath, intents: intents + pendingIntents(near: [child.path])) {
-                    throw DiskError.parentMismatch(child: child.path.string, parent: parentPath.string,
-                                                   expectedID: link.expectedID.uuidString.lowercased(),
-                                                   foundID: parent.identityString)
-                }
-                try child.attachParent(parent)
-            }
-        } catch {
-            for level in levels { try? level.close() }
-            throw error
+        try DiskChain.open(path) { child, parent in
+            allows(child: child, parent: parent, intents: intents + pendingIntents(near: [child]))
         }
-        return DiskChain(levels: levels)
     }
 }
