@@ -20,6 +20,11 @@ int64_t bulwark_copy_file_range(int fd_in, int64_t *off_in, int fd_out, int64_t 
 }
 
 int bulwark_ficlone(int dest_fd, int src_fd) { return ioctl(dest_fd, FICLONE, src_fd); }
+int bulwark_ficlone_range(int dest_fd, int64_t dest_offset, int src_fd, int64_t src_offset, int64_t length) {
+    struct file_clone_range range = { .src_fd = src_fd, .src_offset = (uint64_t)src_offset,
+                                      .src_length = (uint64_t)length, .dest_offset = (uint64_t)dest_offset };
+    return ioctl(dest_fd, FICLONERANGE, &range);
+}
 int bulwark_fifreeze(int fd) { return ioctl(fd, FIFREEZE, 0); }
 int bulwark_fithaw(int fd) { return ioctl(fd, FITHAW, 0); }
 int bulwark_syncfs(int fd) { return syncfs(fd); }

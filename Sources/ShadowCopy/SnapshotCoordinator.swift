@@ -26,11 +26,7 @@ public actor SnapshotCoordinator {
 
     /// A new snapshot id: the time (no ':', sorts by time) and a random suffix.
     public static func makeID(date: Date = Date()) -> String {
-        let f = DateFormatter()
-        f.locale = Locale(identifier: "en_US_POSIX")
-        f.timeZone = TimeZone(identifier: "UTC")
-        f.dateFormat = "yyyy-MM-dd'T'HHmmss'Z'"
-        return f.string(from: date) + "-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        Timestamp.compact(date) + "-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
     }
 
     /// Takes a snapshot. Throws `SnapshotFailure` (cause + what was recorded) after thawing.

@@ -243,7 +243,7 @@ public enum Watchdog {
     }
 
     private static func note(_ line: String) {
-        let stamp = ISO8601DateFormatter().string(from: Date())
+        let stamp = Timestamp.iso8601()
         FileHandle.standardError.write(Data("\(stamp) watchdog[\(getpid())]: \(line)\n".utf8))
     }
 }

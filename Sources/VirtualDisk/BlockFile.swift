@@ -240,6 +240,26 @@ public final class BlockFile {
         }
     }
 
+    /// Makes `length` bytes of this file at `offset` share `source`'s blocks at `sourceOffset` (a
+    /// reflink: no data is read or written). Returns false where the filesystem cannot (no reflink
+    /// support, different filesystems, offsets or length not aligned to its block); throws on real
+    /// failures (no space for the metadata, I/O errors).
+    public func cloneRange(from source: BlockFile, sourceOffset: UInt64, to offset: UInt64, length: UInt64) throws -> Bool {
+        guard isWritable else { throw DiskError.readOnly(path: path.string) }
+        if bulwark_ficlone_range(descriptor.rawValue, Int64(offset), source.descriptor.rawValue, Int64(sourceOffset), Int64(length)) == 0 {
+            return true
+        }
+        switch Errno(rawValue: errno) {
+        case .notSupported, .notSupportedOnSocket, .improperLink, .invalidArgument, .notPermitted, .operationNotSupportedByDevice,
+             .inappropriateIOCTLForDevice, .badFileDescriptor:
+            return false
+        case .noSpace:
+            throw DiskError.insufficientSpace(path: path.string, needed: length, available: (try? FileSystemSpace.available(at: path)) ?? 0)
+        default:
+            throw fail("reflink \(length) bytes from \(source.path.string)")
+        }
+    }
+
     private func fail(_ operation: String) -> DiskError {
         DiskError.io(path: path.string, operation: operation, errno: Errno(rawValue: errno))
     }

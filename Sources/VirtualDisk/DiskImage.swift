@@ -104,6 +104,11 @@ public protocol DiskImage: AnyObject {
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws
     /// Writes virtual bytes into this level (allocating and copying from the parent as needed).
     func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws
+    /// Where a write of `range` would land in this file when the range is stored contiguously in place
+    /// and writing it changes no metadata (inside one fully allocated block of a VHDX, anywhere in a raw
+    /// image); nil otherwise. A non-nil answer starts the format's write session (a VHDX takes a new
+    /// DataWriteGuid), so the caller may put the bytes there by other means (a reflink) and then `flush`.
+    func inPlaceFileOffset(forWriting range: Range<UInt64>) throws -> UInt64?
     /// Makes every completed write durable.
     func flush() throws
     /// Flushes and closes the file; the object must not be used afterwards.
@@ -113,6 +118,9 @@ public protocol DiskImage: AnyObject {
 }
 
 extension DiskImage {
+    /// By default nothing is written in place from outside the format.
+    public func inPlaceFileOffset(forWriting range: Range<UInt64>) throws -> UInt64? { nil }
+
     public var path: FilePath { file.path }
     public var isWritable: Bool { file.isWritable }
     /// The identity as a lowercase string (how records, reports and errors print it).

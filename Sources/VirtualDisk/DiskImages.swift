@@ -7,7 +7,7 @@ public struct CreateOptions: Sendable {
     public var type: DiskType
     /// Virtual size in bytes (ignored for differencing images, which take the parent's).
     public var virtualSize: UInt64
-    /// Block size in bytes; nil means the format's default (VHD 2 MiB, VHDX 32 MiB).
+    /// Block size in bytes; nil means the format's default (VHD 2 MiB; VHDX 32 MiB, 2 MiB for differencing).
     public var blockSize: Int?
     /// Logical sector size: 512, or 4096 (VHDX only). nil means 512 or the parent's.
     public var logicalSectorSize: Int?
@@ -15,9 +15,15 @@ public struct CreateOptions: Sendable {
     public var physicalSectorSize: Int?
     /// The parent's path, for a differencing image.
     public var parentPath: FilePath?
+    /// Whether the new file is staged: written under a name nothing opens, and made visible (renamed
+    /// into place) only after its final `flush` or `close`. A staged image skips the work that keeps a
+    /// visible file consistent at every moment (VHDX log entries, header updates, ordered syncs) and
+    /// becomes consistent once, at the flush. `convert` and backups writing new files use it.
+    public var staged: Bool
 
     public init(format: DiskFormat, type: DiskType, virtualSize: UInt64 = 0, blockSize: Int? = nil,
-                logicalSectorSize: Int? = nil, physicalSectorSize: Int? = nil, parentPath: FilePath? = nil) {
+                logicalSectorSize: Int? = nil, physicalSectorSize: Int? = nil, parentPath: FilePath? = nil,
+                staged: Bool = false) {
         self.format = format
         self.type = type
         self.virtualSize = virtualSize
@@ -25,6 +31,7 @@ public struct CreateOptions: Sendable {
         self.logicalSectorSize = logicalSectorSize
         self.physicalSectorSize = physicalSectorSize
         self.parentPath = parentPath
+        self.staged = staged
     }
 }
 

@@ -47,6 +47,11 @@ public final class RawImage: DiskImage {
         try file.write(buffer, at: offset)
     }
 
+    public func inPlaceFileOffset(forWriting range: Range<UInt64>) throws -> UInt64? {
+        try checkRange(offset: range.lowerBound, length: range.count)
+        return isWritable ? range.lowerBound : nil
+    }
+
     public func flush() throws { try file.sync() }
 
     public func close() throws {

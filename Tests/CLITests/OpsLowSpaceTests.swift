@@ -7,48 +7,23 @@ import VirtualDisk
 /// Merge and convert into a nearly full filesystem (a loop-mounted 32 MiB ext4) are refused before
 /// anything is written, with the figures in the message.
 @Suite(.serialized) struct OpsLowSpaceTests {
-    /// A mounted 32 MiB ext4 filesystem, unmounted when done.
-    final class SmallFilesystem {
-        let dir: TempDir
-        let mountPoint: String
-        init() throws {
-            dir = try TempDir("ops-lowspace")
-            let image = dir.file("fs.img")
-            mountPoint = dir.file("mnt")
-            try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-            try runChecked(OpsLowSpaceTests.tool("truncate"), ["-s", "32M", image])
-            try runChecked(OpsLowSpaceTests.tool("mkfs.ext4"), ["-q", "-F", image])
-            try runChecked(OpsLowSpaceTests.tool("mount"), ["-o", "loop", image, mountPoint])
-        }
-        deinit { _ = try? run(OpsLowSpaceTests.tool("umount"), [mountPoint]) }
-        var files: [String] { ((try? FileManager.default.contentsOfDirectory(atPath: mountPoint)) ?? []).filter { $0 != "lost+found" }.sorted() }
-    }
-
-    /// A system program by absolute path (the test runner's PATH may lack the system folders).
-    static func tool(_ name: String) -> String {
-        for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] where FileManager.default.isExecutableFile(atPath: "\(dir)/\(name)") {
-            return "\(dir)/\(name)"
-        }
-        return name
-    }
-
     func prerequisites() throws -> Bool {
         try TestEnv.prerequisite(TestEnv.isRoot, "root (loop mounts)")
-            && TestEnv.tools(Self.tool("mkfs.ext4"), Self.tool("mount"), Self.tool("umount"), Self.tool("truncate"))
+            && TestEnv.tools(sys("mkfs.ext4"), sys("mount"), sys("umount"), sys("truncate"))
     }
 
     @Test func convertIsRefusedUpFront() throws {
         guard try prerequisites() else { return }
-        let fs = try SmallFilesystem()
+        let fs = try LoopVolume("ext4", size: "32M")
         let dir = try TempDir("ops-lowspace-src")
         let src = dir.file("big.img")
         let image = try DiskImages.create(at: FilePath(src), options: CreateOptions(format: .raw, type: .dynamic, virtualSize: 64 << 20))
         var rng = SeededRandom(seed: 131)
         try image.write(rng.bytes(40 << 20), at: 8 << 20)
         try image.close()
-        let available = try FileSystemSpace.available(at: FilePath(fs.mountPoint))
+        let available = try FileSystemSpace.available(at: FilePath(fs.mountpoint))
         for (format, type) in [(DiskFormat.raw, DiskType.dynamic), (.raw, .fixed), (.vhd, .dynamic), (.vhdx, .dynamic), (.vhdx, .fixed)] {
-            let dst = fs.mountPoint + "/" + OpsCLI.name("out", format)
+            let dst = fs.mountpoint + "/" + OpsCLI.name("out", format)
             let r = try run(TestEnv.bulwark, ["disk", "convert", src, dst, "--type", type.rawValue])
             #expect(r.status == 1, "\(format) \(type): \(r.out)")
             #expect(r.err.contains("not enough free space"), "\(r.err)")
@@ -56,20 +31,20 @@ import VirtualDisk
             #expect(fs.files.isEmpty, "nothing written: \(fs.files)")
         }
         #expect(throws: DiskError.self) {
-            try ConvertOperation.convert(source: FilePath(src), destination: FilePath(fs.mountPoint + "/x.img"))
+            try ConvertOperation.convert(source: FilePath(src), destination: FilePath(fs.mountpoint + "/x.img"))
         }
         // A conversion that fits still works there.
         let small = dir.file("small.img")
         try DiskImages.create(at: FilePath(small), options: CreateOptions(format: .raw, type: .dynamic, virtualSize: 4 << 20)).close()
-        try runChecked(TestEnv.bulwark, ["disk", "convert", small, fs.mountPoint + "/small.img"])
+        try runChecked(TestEnv.bulwark, ["disk", "convert", small, fs.mountpoint + "/small.img"])
     }
 
     @Test(arguments: [DiskFormat.vhd, .vhdx])
     func mergeIsRefusedUpFront(format: DiskFormat) throws {
         guard try prerequisites() else { return }
-        let fs = try SmallFilesystem()
-        let base = fs.mountPoint + "/" + OpsCLI.name("base", format)
-        let child = fs.mountPoint + "/" + OpsCLI.name("child", format)
+        let fs = try LoopVolume("ext4", size: "32M")
+        let base = fs.mountpoint + "/" + OpsCLI.name("base", format)
+        let child = fs.mountpoint + "/" + OpsCLI.name("child", format)
         try DiskImages.create(at: FilePath(base), options: CreateOptions(format: format, type: .dynamic, virtualSize: 64 << 20,
                                                                           blockSize: OpsCLI.blockSize(format))).close()
         let image = try DiskImages.create(at: FilePath(child), options: CreateOptions(format: format, type: .differencing,

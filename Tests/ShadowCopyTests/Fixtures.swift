@@ -4,49 +4,7 @@ import ShadowCopy
 import TestSupport
 import VirtualDisk
 
-/// A loop-mounted test filesystem (ext4, xfs with reflink, btrfs) in a temporary folder. `cleanup`
-/// thaws (fsfreeze -u), unmounts and detaches the loop device, whatever state the test left.
-final class LoopVolume: @unchecked Sendable {
-    let dir: TempDir
-    let image: String
-    let mountpoint: String
-    let fs: String
-    private var mounted = false
-
-    init(_ fs: String = "ext4", size: String = "64M", in base: TempDir? = nil) throws {
-        dir = try TempDir("bulwark-vol")
-        self.fs = fs
-        image = dir.file("\(fs).img")
-        mountpoint = dir.file("mnt")
-        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
-        try runChecked(sys("truncate"), ["-s", fs == "xfs" ? "320M" : size, image])
-        switch fs {
-        case "xfs": try runChecked(sys("mkfs.xfs"), ["-q", "-m", "reflink=1", image])
-        case "btrfs": try runChecked(sys("mkfs.btrfs"), ["-q", image])
-        default: try runChecked(sys("mkfs.ext4"), ["-q", image])
-        }
-        try runChecked(sys("mount"), ["-o", "loop", image, mountpoint])
-        mounted = true
-    }
-
-    func file(_ name: String) -> String { mountpoint + "/" + name }
-
-    /// Thaws (ignoring "not frozen"), unmounts, detaches.
-    func cleanup() {
-        guard mounted else { return }
-        mounted = false
-        _ = try? run(sys("fsfreeze"), ["-u", mountpoint])
-        let loop = (try? run(sys("findmnt"), ["-n", "-o", "SOURCE", mountpoint]))?.out.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
-        for _ in 0..<20 {
-            if (try? run(sys("umount"), [mountpoint]))?.status == 0 { break }
-            _ = try? run(sys("fsfreeze"), ["-u", mountpoint])
-            usleep(100_000)
-        }
-        if loop.hasPrefix("/dev/loop") { _ = try? run(sys("losetup"), ["-d", loop]) }
-    }
-
-    deinit { cleanup() }
-
+extension LoopVolume {
     /// Whether a write into the volume completes within `seconds` (run in a child that is not waited
     /// on: a write into a frozen filesystem blocks uninterruptibly until the thaw).
     func writeCompletes(within seconds: Double, name: String = "probe") -> Bool {
@@ -183,14 +141,6 @@ func realPrerequisites(_ tools: String...) throws -> Bool {
     guard try TestEnv.prerequisite(TestEnv.isRoot, "root (loop devices, mounts, freezing)") else { return false }
     for t in tools { guard try TestEnv.tools(t) else { return false } }
     return true
-}
-
-/// The absolute path of a system program (TestSupport's PATH lookup misses /usr/bin entries).
-func sys(_ tool: String) -> String {
-    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] where FileManager.default.isExecutableFile(atPath: "\(dir)/\(tool)") {
-        return "\(dir)/\(tool)"
-    }
-    return tool
 }
 
 /// Stops a child started with Foundation's Process: SIGKILL, because Process children inherit the

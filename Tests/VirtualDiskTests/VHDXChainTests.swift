@@ -70,6 +70,47 @@ import TestSupport
         #expect(try Self.pyvhdiMatches(Array(paths.reversed()), expected: expected) == "OK")
     }
 
+    /// A child takes Hyper-V's 2 MiB differencing block size under a 32 MiB parent; the mixed chain reads
+    /// the same in Bulwark and libvhdi, and merges back into the parent with every byte in place.
+    @Test func differencingChildrenDefaultTo2MiBBlocksUnderA32MiBParent() throws {
+        let dir = try TempDir()
+        let size: UInt64 = 96 << 20
+        let base = dir.file("base.vhdx"), child = dir.file("child.avhdx")
+        var model = [UInt8](repeating: 0, count: Int(size))
+        var rng = SeededRandom(seed: 32)
+        let b = try VHDXTest.create(base, size: size, blockSize: nil)
+        #expect(b.blockSize == 32 << 20)
+        for _ in 0..<6 {
+            let offset = Int(rng.next() % (size - (3 << 20))), data = rng.bytes(Int(rng.next() % (3 << 20)) + 1)
+            try b.write(data, at: UInt64(offset))
+            model.replaceSubrange(offset..<offset + data.count, with: data)
+        }
+        try b.close()
+        let c = try VHDXTest.create(child, size: 0, blockSize: nil, parent: base)
+        #expect(c.blockSize == 2 << 20)
+        // Writes straddling 2 MiB child blocks and 32 MiB parent blocks, partial sectors included.
+        for offset in [(2 << 20) - 700, (32 << 20) - 4096, (64 << 20) + 511, Int(size) - (1 << 20)] {
+            let data = rng.bytes(1 << 20)
+            try c.write(data, at: UInt64(offset))
+            model.replaceSubrange(offset..<offset + data.count, with: data)
+        }
+        try c.chain.forEach { try $0.close() }
+        let chain = try DiskChain.open(FilePath(child))
+        #expect(try Bytes(chain.leaf.read(count: Int(size), at: 0)) == Bytes(model))
+        try chain.close()
+
+        if try TestEnv.prerequisite(TestEnv.pyvhdiAvailable(), "pyvhdi in /usr/bin/python3") {
+            let expected = dir.file("model.raw")
+            try Data(model).write(to: URL(fileURLWithPath: expected))
+            #expect(try Self.pyvhdiMatches([child, base], expected: expected) == "OK")
+        }
+        _ = try MergeOperation.merge(child: FilePath(child))
+        #expect(!FileManager.default.fileExists(atPath: child))
+        let merged = try DiskChain.open(FilePath(base))
+        #expect(try Bytes(merged.leaf.read(count: Int(size), at: 0)) == Bytes(model))
+        try merged.close()
+    }
+
     @Test func childRecordsTheParentsDataWriteGuidAndDetectsAChangedParent() throws {
         let dir = try TempDir()
         let base = dir.file("base.vhdx"), child = dir.file("child.avhdx")

@@ -12,6 +12,9 @@ int bulwark_fallocate(int fd, int mode, int64_t offset, int64_t length);
 int64_t bulwark_copy_file_range(int fd_in, int64_t *off_in, int fd_out, int64_t *off_out, size_t length);
 /// ioctl(dest, FICLONE, src): make dest share src's extents (reflink); 0 or -1.
 int bulwark_ficlone(int dest_fd, int src_fd);
+/// ioctl(dest, FICLONERANGE): make `length` bytes of dest at `dest_offset` share src's extents at
+/// `src_offset` (offsets and length aligned to the filesystem block); 0 or -1.
+int bulwark_ficlone_range(int dest_fd, int64_t dest_offset, int src_fd, int64_t src_offset, int64_t length);
 /// ioctl(fd, FIFREEZE) on a directory of the mounted filesystem; 0 or -1.
 int bulwark_fifreeze(int fd);
 /// ioctl(fd, FITHAW); 0 or -1.

@@ -4,21 +4,48 @@ import SystemPackage
 /// Finds the differencing images whose parent is a given file: those in the parent's folder (and in
 /// any extra folders or files named) whose parent locators resolve to it. Merge, resize, reparent and
 /// compact use it to avoid breaking children they were not told about.
-public enum ChildFinder {
-    /// The images among `parent`'s folder, `folders` and `candidates` whose parent resolves to
-    /// `parent`, as absolute paths, sorted. Files that are not images, or cannot be opened, are skipped.
-    public static func children(of parent: FilePath, folders: [FilePath] = [], candidates: [FilePath] = []) -> [FilePath] {
-        let target = OperationIO.key(parent)
-        var seen = Set<String>()
-        var found: [FilePath] = []
-        for file in images(in: [FileOps.absolute(parent).removingLastComponent()] + folders) + candidates.map(FileOps.absolute) {
-            let key = OperationIO.key(file)
-            guard key != target, seen.insert(key).inserted else { continue }
-            if let resolved = parentPath(of: file), OperationIO.key(resolved) == target {
-                found.append(file)
-            }
+///
+/// A finder scans once (each candidate image is opened once to read its parent link) and then answers
+/// any number of `children(of:)` questions, so a merge asking about every level of a chain pays for one
+/// scan of the folder.
+public struct ChildFinder: Sendable {
+    /// Each candidate image (absolute), its key, and the key of the file its parent link resolves to.
+    private let links: [(image: FilePath, key: String, parentKey: String)]
+
+    /// Scans the folders of `near` and the `extra` paths given by the user (`--children`): folders are
+    /// scanned, files taken as candidates.
+    public init(near paths: [FilePath], extra: [FilePath] = []) {
+        var folders: [FilePath] = []
+        for p in paths.map({ FileOps.absolute($0).removingLastComponent() }) + extra.filter(Self.isFolder)
+        where !folders.contains(p) {
+            folders.append(p)
         }
-        return found.sorted { $0.string < $1.string }
+        self.init(folders: folders, candidates: extra.filter { !Self.isFolder($0) })
+    }
+
+    /// Scans `folders` and the image files `candidates`. Files that are not images, or cannot be
+    /// opened, are skipped.
+    public init(folders: [FilePath], candidates: [FilePath] = []) {
+        var seen = Set<String>()
+        var links: [(image: FilePath, key: String, parentKey: String)] = []
+        for file in Self.images(in: folders) + candidates.map(FileOps.absolute) {
+            let key = OperationIO.key(file)
+            guard seen.insert(key).inserted, let parent = Self.parentPath(of: file) else { continue }
+            links.append((file, key, OperationIO.key(parent)))
+        }
+        self.links = links
+    }
+
+    /// The scanned images whose parent resolves to `parent`, as absolute paths, sorted.
+    public func children(of parent: FilePath) -> [FilePath] {
+        let target = OperationIO.key(parent)
+        return links.filter { $0.parentKey == target && $0.key != target }
+            .map(\.image).sorted { $0.string < $1.string }
+    }
+
+    /// The images among `parent`'s folder, `folders` and `candidates` whose parent resolves to `parent`.
+    public static func children(of parent: FilePath, folders: [FilePath] = [], candidates: [FilePath] = []) -> [FilePath] {
+        ChildFinder(near: [parent], extra: folders + candidates).children(of: parent)
     }
 
     /// The file `image`'s parent link resolves to (the first locator path that exists), or nil for an
@@ -28,6 +55,12 @@ public enum ChildFinder {
         defer { try? level.close() }
         guard let link = level.parentLink else { return nil }
         return DiskChain.candidatePaths(of: image, link: link).first(where: FileOps.exists)
+    }
+
+    /// Whether `path` is an existing folder.
+    static func isFolder(_ path: FilePath) -> Bool {
+        var isDir: ObjCBool = false
+        return FileManager.default.fileExists(atPath: path.string, isDirectory: &isDir) && isDir.boolValue
     }
 
     /// Regular files in `folders` that could be differencing images (VHD or VHDX names, or any name

@@ -93,7 +93,7 @@ public enum ConvertOperation {
         do {
             let target = try DiskImages.create(at: temp, options: CreateOptions(
                 format: format, type: type, virtualSize: leaf.virtualSize, blockSize: options.blockSize,
-                logicalSectorSize: logical))
+                logicalSectorSize: logical, staged: true))
             var written: UInt64 = 0
             do {
                 written = try copy(map, from: chain, to: target, fixedTarget: type == .fixed, total: allocated, progress: progress)
@@ -147,6 +147,7 @@ public enum ConvertOperation {
         let layout = try fileLayout(of: target)
         let counters = NSLock()
         let pipeline = CopyPipeline(pieces: pieces, writers: layout == nil ? 1 : 2,
+                                    lookahead: OperationIO.lookahead(pieceBytes: pieces.map(\.range.count)),
                                     prefetch: { OperationIO.prefetch(levels[$0.level], $0.range) }) { piece, buffer in
             try levels[piece.level].read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<piece.range.count]), at: piece.range.lowerBound)
         }

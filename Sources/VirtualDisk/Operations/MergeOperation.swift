@@ -26,6 +26,8 @@ public struct MergeResult: Codable, Sendable, Equatable {
     public var repointed: [String]
     /// Virtual bytes written into the ancestor.
     public var bytesCopied: UInt64
+    /// Of `bytesCopied`, those shared by reflink (xfs, btrfs) rather than read and written.
+    public var bytesCloned: UInt64
     /// Whether this run finished a merge an earlier (interrupted) run started.
     public var resumed: Bool
 }
@@ -70,13 +72,13 @@ public enum MergeOperation {
         let ancestor = chain.levels[k]
         let levelPaths = chain.levels[0..<k].map { FileOps.absolute($0.path) }
         let merged = Set(levelPaths.map(OperationIO.key))
-        let folders = options.children.filter(isFolder)
-        let files = options.children.filter { !isFolder($0) }
+        // One scan of every level's folder (and the paths given) answers for each level.
+        let finder = ChildFinder(near: chain.levels[0...k].map(\.path), extra: options.children)
 
         // Children that the merge would break: others of the ancestor and of intermediate levels.
         var breaking: [String] = []
         for level in chain.levels[1...k] {
-            for c in ChildFinder.children(of: level.path, folders: folders, candidates: files) where !merged.contains(OperationIO.key(c)) {
+            for c in finder.children(of: level.path) where !merged.contains(OperationIO.key(c)) {
                 breaking.append(c.string)
             }
         }
@@ -89,13 +91,13 @@ public enum MergeOperation {
         if needed > available {
             throw DiskError.insufficientSpace(path: ancestor.path.string, needed: needed, available: available)
         }
-        let repoint = ChildFinder.children(of: child, folders: folders, candidates: files).filter { !merged.contains(OperationIO.key($0)) }
+        let repoint = finder.children(of: child).filter { !merged.contains(OperationIO.key($0)) }
         return MergeIntent(child: child.string, levels: levelPaths.map(\.string),
                            ancestor: FileOps.absolute(ancestor.path).string,
                            levelIdentities: chain.levels[0..<k].map(\.identityString),
                            ancestorIdentity: ancestor.identityString,
                            childrenToRepoint: repoint.map(\.string),
-                           started: ISO8601DateFormatter().string(from: Date()))
+                           started: Timestamp.iso8601())
     }
 
     /// A conservative figure for the file space the ancestor must grow by: every ancestor block that
@@ -125,18 +127,17 @@ public enum MergeOperation {
     static func execute(_ intent: MergeIntent, options: MergeOptions, resumed: Bool, progress: ProgressHandler?) throws -> MergeResult {
         let child = FilePath(intent.child)
         let ancestorPath = FilePath(intent.ancestor)
-        var copied: UInt64 = 0
+        var copied: (bytes: UInt64, cloned: UInt64) = (0, 0)
         if FileOps.exists(child) {
             copied = try copy(intent, progress: progress)
             // The ancestor's identity once written (a VHDX gets a new DataWriteGuid).
             let ancestor = try DiskImages.openLevel(ancestorPath)
             let newID = ancestor.identity
             try ancestor.close()
-            let folders = options.children.filter(isFolder)
-            let files = options.children.filter { !isFolder($0) }
             let merged = Set(intent.levels.map { OperationIO.key(FilePath($0)) })
+            // The record's list, and any child made since the merge was planned.
             var repoint = intent.childrenToRepoint.map { FilePath($0) }.filter(FileOps.exists)
-            for c in ChildFinder.children(of: child, folders: folders, candidates: files)
+            for c in ChildFinder(near: [child], extra: options.children).children(of: child)
             where !merged.contains(OperationIO.key(c)) && !repoint.contains(where: { OperationIO.key($0) == OperationIO.key(c) }) {
                 repoint.append(c)
             }
@@ -151,7 +152,8 @@ public enum MergeOperation {
             }
             var result = try finish(intent)
             result.repointed = repoint.map(\.string)
-            result.bytesCopied = copied
+            result.bytesCopied = copied.bytes
+            result.bytesCloned = copied.cloned
             result.resumed = resumed
             return result
         }
@@ -170,11 +172,12 @@ public enum MergeOperation {
             removed.append(level)
         }
         try MergeIntent.remove(for: FilePath(intent.child))
-        return MergeResult(child: intent.child, ancestor: intent.ancestor, removed: removed, repointed: [], bytesCopied: 0, resumed: false)
+        return MergeResult(child: intent.child, ancestor: intent.ancestor, removed: removed, repointed: [], bytesCopied: 0,
+                           bytesCloned: 0, resumed: false)
     }
 
     /// Copies everything the child levels hold into the ancestor, newest level winning, then flushes.
-    static func copy(_ intent: MergeIntent, progress: ProgressHandler?) throws -> UInt64 {
+    static func copy(_ intent: MergeIntent, progress: ProgressHandler?) throws -> (bytes: UInt64, cloned: UInt64) {
         // The merged levels, checked against the record (they are never written during a merge).
         var levels: [any DiskImage] = []
         defer { for l in levels { try? l.close() } }
@@ -222,17 +225,26 @@ public enum MergeOperation {
         }
         var done = skipped
         progress?(done, total)
+        // Where the filesystem shares blocks (xfs, btrfs), runs that land in place are reflinked.
+        var clonedBytes: UInt64 = 0
+        let cloned = try clone(pieces, from: levels, into: ancestor) { bytes in
+            clonedBytes += bytes
+            done += bytes
+            progress?(done, total)
+            OperationIO.pace()
+        }
+        if !cloned.isEmpty { pieces = pieces.indices.filter { !cloned.contains($0) }.map { pieces[$0] } }
         for level in levels { OperationIO.adviseSequential(level.file) }
-        // Prefetch about 64 MiB ahead: merged runs are often single small blocks, and a fixed count of
-        // pieces ahead would keep too little in flight on a cold cache.
-        let averagePiece = max(1, pieces.reduce(0) { $0 + $1.range.count } / max(1, pieces.count))
-        let lookahead = min(128, max(4, (64 << 20) / averagePiece))
+        let lookahead = OperationIO.lookahead(pieceBytes: pieces.map(\.range.count))
         let pipeline = CopyPipeline(pieces: pieces, lookahead: lookahead, prefetch: { piece in
             if let level = piece.level { OperationIO.prefetch(levels[level], piece.range) }
         }) { piece, buffer in
             let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<piece.range.count])
             if let level = piece.level {
                 try levels[level].read(into: slice, at: piece.range.lowerBound)
+                // The merged levels are deleted once the ancestor holds their data: dropping their
+                // pages now, on this thread, spares the unlink from doing it at the end.
+                OperationIO.evict(levels[level], piece.range)
             } else {
                 slice.initializeMemory(as: UInt8.self, repeating: 0)
             }
@@ -247,11 +259,49 @@ public enum MergeOperation {
             OperationIO.pace()
         }
         try ancestor.flush()
-        return done
+        return (done, clonedBytes)
     }
 
-    static func isFolder(_ path: FilePath) -> Bool {
-        var isDir: ObjCBool = false
-        return FileManager.default.fileExists(atPath: path.string, isDirectory: &isDir) && isDir.boolValue
+    /// Reflinks the pieces a merged level stores into the ancestor where both sides allow it: the
+    /// ancestor stores the range in place (`inPlaceFileOffset`) and every offset and length is aligned
+    /// to the filesystem block. No data is read or written for them. Returns the indexes of the pieces
+    /// done; the first refusal (a filesystem without reflinks, such as ext4) stops the attempt.
+    static func clone(_ pieces: [(range: Range<UInt64>, level: Int?)], from levels: [any DiskImage], into ancestor: any DiskImage,
+                      done: (UInt64) -> Void) throws -> Set<Int> {
+        let unit = OperationIO.filesystemBlock(of: ancestor.file)
+        var cloned = Set<Int>()
+        for (index, piece) in pieces.enumerated() {
+            guard let level = piece.level else { continue }
+            // Every segment: stored in the level, in place in the ancestor (one ancestor block each).
+            var segments: [(source: UInt64, target: UInt64, length: UInt64)] = []
+            var cloneable = true
+            for e in try levels[level].extents(in: piece.range) {
+                guard case .data(let sourceOffset) = e.kind else { cloneable = false; break }
+                var pos = e.range.lowerBound
+                let block = UInt64(max(ancestor.blockSize, 1))
+                while pos < e.range.upperBound {
+                    let end = min(e.range.upperBound, (pos / block + 1) * block)
+                    let source = sourceOffset + (pos - e.range.lowerBound)
+                    guard source % unit == 0, pos % unit == 0, (end - pos) % unit == 0,
+                          let target = try ancestor.inPlaceFileOffset(forWriting: pos..<end), target % unit == 0 else {
+                        cloneable = false
+                        break
+                    }
+                    segments.append((source, target, end - pos))
+                    pos = end
+                }
+                if !cloneable { break }
+            }
+            guard cloneable else { continue }
+            for s in segments {
+                guard try ancestor.file.cloneRange(from: levels[level].file, sourceOffset: s.source, to: s.target, length: s.length) else {
+                    // No reflinks here; a piece cut short is written in full by the copy.
+                    return cloned
+                }
+            }
+            cloned.insert(index)
+            done(UInt64(piece.range.count))
+        }
+        return cloned
     }
 }

@@ -100,6 +100,14 @@ enum OperationIO {
         _ = posix_fadvise(file.descriptor.rawValue, 0, 0, POSIX_FADV_SEQUENTIAL)
     }
 
+    /// How many pieces ahead of the reader to prefetch so that about 64 MiB is in flight: copies often
+    /// move many small runs (single 1-2 MiB blocks), and a fixed count of pieces would keep too little
+    /// in flight on a cold cache.
+    static func lookahead(pieceBytes: [Int]) -> Int {
+        let average = max(1, pieceBytes.reduce(0, +) / max(1, pieceBytes.count))
+        return min(128, max(4, (64 << 20) / average))
+    }
+
     /// Asks the kernel to start reading, in the background, the file ranges that hold `range` of
     /// `image` (through its parents where it holds nothing), so later reads find them cached.
     static func prefetch(_ image: any DiskImage, _ range: Range<UInt64>) {
@@ -116,6 +124,24 @@ enum OperationIO {
                 break
             }
         }
+    }
+
+    /// Drops the page cache over the file ranges holding `range` of `image` itself (not its parents):
+    /// for levels read once and deleted next, whose cached pages would only cost time at the unlink.
+    static func evict(_ image: any DiskImage, _ range: Range<UInt64>) {
+        guard let extents = try? image.extents(in: range) else { return }
+        for e in extents {
+            if case .data(let fileOffset) = e.kind {
+                _ = posix_fadvise(image.file.descriptor.rawValue, off_t(fileOffset), off_t(e.range.count), POSIX_FADV_DONTNEED)
+            }
+        }
+    }
+
+    /// The block size of the filesystem holding `file` (the unit of reflinks); 4096 if it cannot be read.
+    static func filesystemBlock(of file: BlockFile) -> UInt64 {
+        var st = statvfs()
+        guard fstatvfs(file.descriptor.rawValue, &st) == 0, st.f_bsize > 0 else { return 4096 }
+        return UInt64(st.f_bsize)
     }
 
     /// Whether process `pid` is still running.

@@ -144,8 +144,11 @@ public enum VHDFormat: DiskImageFormat {
         let file = try BlockFile.create(path)
         do {
             let image = try write(file, size: size, type: options.type, blockSize: blockSize, parent: parent)
-            try file.sync()
-            try FileOps.syncDirectory(of: path)
+            image.staged = options.staged
+            if !options.staged {
+                try file.sync()
+                try FileOps.syncDirectory(of: path)
+            }
             if let parent { try image.attachParent(parent) }
             return image
         } catch {

@@ -28,6 +28,9 @@ public final class VHDImage: MaintainableImage {
     public private(set) var parent: (any DiskImage)?
     var locatorPaths: [ParentLocator]
     private var bitmapCache: [Int: [UInt8]] = [:]
+    /// A new file that nothing opens until the final flush (`CreateOptions.staged`): BAT entries are
+    /// written without the sync that otherwise orders them after their blocks' data.
+    var staged = false
 
     static let unused: UInt32 = 0xFFFF_FFFF
     static let commitThreshold = 64
@@ -303,7 +306,7 @@ public final class VHDImage: MaintainableImage {
     /// Makes appended blocks durable, then records them in the on-disk BAT.
     func commitAllocations() throws {
         guard !dirtyEntries.isEmpty, header != nil else { return }
-        try file.sync()
+        if !staged { try file.sync() }
         try writeTable(entries: dirtyEntries.min()!...dirtyEntries.max()!)
         dirtyEntries.removeAll()
     }

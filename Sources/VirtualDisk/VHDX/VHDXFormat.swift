@@ -6,6 +6,9 @@ public enum VHDXFormat: DiskImageFormat, CheckableFormat {
     public static var format: DiskFormat { .vhdx }
     /// Hyper-V's default block size for dynamic disks.
     public static let defaultBlockSize = 32 << 20
+    /// Hyper-V's default block size for differencing disks, whatever the parent's: a child holds only
+    /// the changes, so small blocks keep it (and every incremental copied off the host) small.
+    public static let differencingBlockSize = 2 << 20
     static let creatorName = "Bulwark"
 
     public static func probe(_ file: BlockFile) throws -> Bool {
@@ -20,7 +23,7 @@ public enum VHDXFormat: DiskImageFormat, CheckableFormat {
         if differencing, parent == nil {
             throw DiskError.invalidArgument("\(path.string): a differencing image needs a parent")
         }
-        let blockSize = options.blockSize ?? (differencing ? parent!.blockSize : defaultBlockSize)
+        let blockSize = options.blockSize ?? (differencing ? differencingBlockSize : defaultBlockSize)
         guard blockSize >= 1 << 20, blockSize <= 256 << 20, blockSize & (blockSize - 1) == 0 else {
             throw DiskError.invalidArgument("\(path.string): VHDX block size \(blockSize) must be a power of two from 1 MiB to 256 MiB")
         }
@@ -87,9 +90,11 @@ public enum VHDXFormat: DiskImageFormat, CheckableFormat {
             try file.write(header.encode(), at: VHDXHeader.offsets[0])
             header.sequenceNumber = 1
             try file.write(header.encode(), at: VHDXHeader.offsets[1])
-            try file.sync()
-            try FileOps.syncDirectory(of: path)
-            let image = try VHDXImage(file: file)
+            if !options.staged {
+                try file.sync()
+                try FileOps.syncDirectory(of: path)
+            }
+            let image = try VHDXImage(file: file, staged: options.staged)
             if let parent, differencing { try image.attachParent(parent) }
             return image
         } catch {

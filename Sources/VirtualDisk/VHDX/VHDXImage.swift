@@ -11,6 +11,8 @@ import struct Foundation.UUID
 /// Every metadata change (BAT entries, sector bitmaps, metadata items) goes through the log: payload
 /// first (flushed), then the log entry (flushed), then the change in place. A dirty log is replayed on
 /// open: into the file when writable, into an in-memory overlay of 4 KiB sectors when read-only.
+/// A staged image (a new file not visible until its final flush, `CreateOptions.staged`) writes its
+/// changes in place without the log and syncs once, at the flush.
 public final class VHDXImage: DiskImage, MaintainableImage {
     public let file: BlockFile
     public var format: DiskFormat { .vhdx }
@@ -58,6 +60,8 @@ public final class VHDXImage: DiskImage, MaintainableImage {
     /// `fileEnd` when the pending changes were last logged.
     var committedEnd: UInt64 = 0
     let crashPoint: String?
+    /// A new file that nothing opens until the final flush: no log, no header sessions, one sync.
+    let staged: Bool
 
     // MARK: DiskImage
 
@@ -105,8 +109,9 @@ public final class VHDXImage: DiskImage, MaintainableImage {
 
     // MARK: Opening
 
-    init(file: BlockFile) throws {
+    init(file: BlockFile, staged: Bool = false) throws {
         self.file = file
+        self.staged = staged && file.isWritable
         let path = file.path.string
         crashPoint = getenv("BULWARK_VHDX_CRASH_POINT").map { String(cString: $0) }
         let size = try file.size()
@@ -543,6 +548,19 @@ public final class VHDXImage: DiskImage, MaintainableImage {
         if let error = failure.error { throw error }
     }
 
+    /// Inside one FULLY_PRESENT block only: writing there changes no metadata.
+    public func inPlaceFileOffset(forWriting range: Range<UInt64>) throws -> UInt64? {
+        try checkRange(offset: range.lowerBound, length: range.count)
+        guard isWritable, !range.isEmpty else { return nil }
+        let bs = geometry.blockSize
+        let block = range.lowerBound / bs
+        let e = entry(block: block)
+        guard (range.upperBound - 1) / bs == block, e.state == VHDXBlockState.fullyPresent.rawValue else { return nil }
+        try beginSession(dataWrite: true)
+        unsynced = true
+        return e.fileOffset + range.lowerBound % bs
+    }
+
     /// Reserves `length` bytes at the end of the file (extended before the log entry is written).
     func allocate(_ length: UInt64) -> UInt64 {
         let at = fileEnd
@@ -609,6 +627,12 @@ public final class VHDXImage: DiskImage, MaintainableImage {
     func beginSession(dataWrite: Bool) throws {
         guard isWritable else { throw DiskError.readOnly(path: path.string) }
         guard !fileWriteUpdated || (dataWrite && !dataWriteUpdated) else { return }
+        if staged {
+            // The file was created in this session: its GUIDs are new already.
+            fileWriteUpdated = true
+            dataWriteUpdated = dataWriteUpdated || dataWrite
+            return
+        }
         var h = header
         if !fileWriteUpdated { h.fileWriteGuid = UUID() }
         if dataWrite { h.dataWriteGuid = UUID() }
@@ -646,6 +670,13 @@ public final class VHDXImage: DiskImage, MaintainableImage {
             try file.truncate(to: fileEnd)
             diskFileSize = fileEnd
             unsynced = true
+        }
+        if staged {
+            // Nothing reads the file before the final flush: the changes go straight into place.
+            for (offset, length) in zeros { try file.writeZeros(count: length, at: offset) }
+            for (offset, sector) in changes { try file.write(sector, at: offset) }
+            unsynced = true
+            return
         }
         if logWriter == nil {
             logWriter = VHDXLogWriter(logOffset: header.logOffset, logLength: Int(header.logLength), guid: UUID())

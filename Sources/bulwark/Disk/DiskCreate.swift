@@ -12,7 +12,7 @@ struct DiskCreate: ParsableCommand {
     @Argument(help: "The image to create.") var path: String
     @Option(help: "Virtual size, e.g. 64G (binary suffixes K, M, G, T).") var size: Size?
     @Option(help: "fixed or dynamic (default dynamic; differencing with --parent).") var type: DiskType?
-    @Option(help: "Block size, a power of two (VHD default 2M, VHDX default 32M).") var blockSize: Size?
+    @Option(help: "Block size, a power of two (VHD default 2M; VHDX default 32M, 2M for differencing).") var blockSize: Size?
     @Option(help: "Logical sector size: 512 or 4096 (VHDX).") var logicalSectorSize: Int?
     @Option(help: "Physical sector size: 512 or 4096.") var physicalSectorSize: Int?
     @Option(help: "Make a differencing image of this parent.") var parent: String?

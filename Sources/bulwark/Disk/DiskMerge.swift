@@ -22,7 +22,7 @@ struct DiskMerge: ParsableCommand {
             into: into.map { FilePath($0) }, children: children.map { FilePath($0) }, force: force), progress: bar.handler)
         bar.finish()
         if json { try Output.json(result); return }
-        print("merged \(result.child) into \(result.ancestor)\(result.resumed ? " (finished an interrupted merge)" : ""): \(ByteCount.format(result.bytesCopied)) copied")
+        print("merged \(result.child) into \(result.ancestor)\(result.resumed ? " (finished an interrupted merge)" : ""): \(ByteCount.format(result.bytesCopied)) copied\(result.bytesCloned > 0 ? " (\(ByteCount.format(result.bytesCloned)) of it shared by reflink)" : "")")
         for r in result.removed { print("removed \(r)") }
         for r in result.repointed { print("re-pointed \(r) to \(result.ancestor)") }
     }
