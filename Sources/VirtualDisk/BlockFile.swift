@@ -61,13 +61,22 @@ public final class BlockFile {
         return file
     }
 
+    /// Takes the writer's lock, waiting up to `lockPatience` for a holder to go: a lock can outlive
+    /// its owner's close for a moment, when another thread of the process forked and the child still
+    /// holds a copy of the descriptor until its exec closes it.
     private func lockExclusive() throws {
-        if flock(descriptor.rawValue, LOCK_EX | LOCK_NB) != 0 {
+        var waited: UInt32 = 0
+        while flock(descriptor.rawValue, LOCK_EX | LOCK_NB) != 0 {
             let e = Errno(rawValue: errno)
-            if e == .wouldBlock { throw DiskError.busy(path: path.string) }
-            throw DiskError.io(path: path.string, operation: "flock", errno: e)
+            guard e == .wouldBlock else { throw DiskError.io(path: path.string, operation: "flock", errno: e) }
+            guard waited < Self.lockPatience else { throw DiskError.busy(path: path.string) }
+            usleep(10_000)
+            waited += 10_000
         }
     }
+
+    /// Microseconds a writable open waits for another holder of the lock before reporting it busy.
+    static let lockPatience: UInt32 = 1_000_000
 
     /// Closes the descriptor (and so releases the lock). Later calls do nothing.
     public func close() throws {

@@ -4,9 +4,9 @@ import Testing
 import TestSupport
 import VirtualDisk
 
-/// Merge on a filesystem with reflinks (xfs) shares the merged levels' blocks with the ancestor instead
-/// of reading and writing them; on ext4 it copies. Either way every byte lands in place and the result
-/// checks clean with Bulwark and qemu-img.
+/// On a filesystem with reflinks (xfs), convert into fixed images and merge share the levels' blocks
+/// instead of reading and writing them; on ext4 they copy. Either way every byte lands in place and the
+/// results check clean with Bulwark and qemu-img.
 @Suite(.serialized) struct OpsReflinkTests {
     @Test(arguments: ["xfs", "ext4"])
     func mergeSharesBlocksWhereTheFilesystemCan(fs: String) throws {
@@ -36,6 +36,26 @@ import VirtualDisk
             try write(child, (70 << 20) + 4096 * level, 5000)
             try write(child, (20 << 20) - 700, 1400)
             for l in child.chain { try l.close() }
+        }
+
+        // Convert the chain into fixed images: the blocks the levels store are shared, the rest written.
+        for (name, format) in [("flat.vhdx", "vhdx"), ("flat.img", "raw")] {
+            let out = volume.file(name)
+            let c = try run(TestEnv.bulwark, ["disk", "convert", paths[2], out, "--type", "fixed", "--json"])
+            #expect(c.status == 0, "\(c.err)")
+            let converted = try JSONDecoder().decode(ConvertResult.self, from: Data(c.out.utf8))
+            if fs == "xfs" {
+                #expect(converted.bytesCloned >= 20 << 20, "\(name): \(converted.bytesCloned) bytes shared")
+            } else {
+                #expect(converted.bytesCloned == 0)
+            }
+            let flat = try DiskImages.openLevel(FilePath(out))
+            #expect(try flat.read(count: Int(size), at: 0) == model, "\(name)")
+            try flat.close()
+            if format == "vhdx", try TestEnv.tools("qemu-img") {
+                #expect(try run("qemu-img", ["check", "-f", "vhdx", out]).status == 0)
+            }
+            try FileOps.remove(FilePath(out))
         }
 
         let r = try run(TestEnv.bulwark, ["disk", "merge", paths[2], "--into", paths[0], "--json"])

@@ -30,6 +30,8 @@ public struct ConvertResult: Codable, Sendable, Equatable {
     public var virtualSize: UInt64
     /// Virtual bytes written into the destination (all-zero chunks are skipped).
     public var bytesWritten: UInt64
+    /// Of `bytesWritten`, those shared with the source by reflink (xfs, btrfs) rather than copied.
+    public var bytesCloned: UInt64
     /// The destination's file size and the space it occupies.
     public var fileSize: UInt64
     public var allocatedBytes: UInt64
@@ -94,7 +96,7 @@ public enum ConvertOperation {
             let target = try DiskImages.create(at: temp, options: CreateOptions(
                 format: format, type: type, virtualSize: leaf.virtualSize, blockSize: options.blockSize,
                 logicalSectorSize: logical, staged: true))
-            var written: UInt64 = 0
+            var written: (bytes: UInt64, cloned: UInt64) = (0, 0)
             do {
                 written = try copy(map, from: chain, to: target, fixedTarget: type == .fixed, total: allocated, progress: progress)
                 try target.flush()
@@ -107,7 +109,7 @@ public enum ConvertOperation {
             let file = try BlockFile.open(destination, writable: false)
             defer { try? file.close() }
             return ConvertResult(source: FileOps.absolute(source).string, destination: destination.string, format: format, type: type,
-                                 virtualSize: leaf.virtualSize, bytesWritten: written,
+                                 virtualSize: leaf.virtualSize, bytesWritten: written.bytes, bytesCloned: written.cloned,
                                  fileSize: try file.size(), allocatedBytes: try file.allocatedBytes())
         } catch {
             try? FileOps.remove(temp)
@@ -115,9 +117,10 @@ public enum ConvertOperation {
         }
     }
 
-    /// Copies the mapped runs: in-kernel for raw to fixed raw, otherwise read, skip all-zero granules, write.
+    /// Copies the mapped runs: into a fixed target shared by reflink where the filesystem allows it;
+    /// in-kernel for raw to fixed raw; otherwise read, all-zero granules skipped, written. Returns the bytes written and, of those, the bytes shared.
     static func copy(_ map: [MappedExtent], from chain: DiskChain, to target: any DiskImage, fixedTarget: Bool, total: UInt64,
-                     progress: ProgressHandler?) throws -> UInt64 {
+                     progress: ProgressHandler?) throws -> (bytes: UInt64, cloned: UInt64) {
         let buffer = OperationIO.buffer()
         defer { buffer.deallocate() }
         // Zero detection granule: a target block (so a skipped granule never allocates), capped at 1 MiB.
@@ -127,6 +130,20 @@ public enum ConvertOperation {
         progress?(0, total)
         var pieces: [(range: Range<UInt64>, level: Int)] = []
         for m in map { pieces += OperationIO.chunks(of: m.range).map { ($0, m.level!) } }
+        // A fixed target stores every byte anyway: where it can share the source's blocks, it does
+        // (a dynamic one is written, so that zeros stay unstored).
+        var cloned: UInt64 = 0
+        var shared = Set<Int>()
+        if fixedTarget {
+            shared = try Reflink.clone(pieces.map { (range: $0.range, level: Optional($0.level)) }, from: chain.levels, into: target) { bytes in
+                cloned += bytes
+                written += bytes
+                done += bytes
+                progress?(done, total)
+                OperationIO.pace()
+            }
+        }
+        if !shared.isEmpty { pieces = pieces.indices.filter { !shared.contains($0) }.map { pieces[$0] } }
         if target.format == .raw, fixedTarget, let raw = target as? RawImage,
            pieces.allSatisfy({ chain.levels[$0.level].format == .raw }) {
             // Raw to a preallocated raw file: copy inside the kernel (reflinked where possible).
@@ -138,7 +155,7 @@ public enum ConvertOperation {
                 progress?(done, total)
                 OperationIO.pace()
             }
-            return written
+            return (written, cloned)
         }
         let levels = chain.levels
         for level in levels { OperationIO.adviseSequential(level.file) }
@@ -190,7 +207,7 @@ public enum ConvertOperation {
             progress?(done, total)
             OperationIO.pace()
         }
-        return written
+        return (written, cloned)
     }
 
     /// Where each virtual byte of `target` lives in its file, for targets where writing never moves or

@@ -227,7 +227,7 @@ public enum MergeOperation {
         progress?(done, total)
         // Where the filesystem shares blocks (xfs, btrfs), runs that land in place are reflinked.
         var clonedBytes: UInt64 = 0
-        let cloned = try clone(pieces, from: levels, into: ancestor) { bytes in
+        let cloned = try Reflink.clone(pieces, from: levels, into: ancestor) { bytes in
             clonedBytes += bytes
             done += bytes
             progress?(done, total)
@@ -260,48 +260,5 @@ public enum MergeOperation {
         }
         try ancestor.flush()
         return (done, clonedBytes)
-    }
-
-    /// Reflinks the pieces a merged level stores into the ancestor where both sides allow it: the
-    /// ancestor stores the range in place (`inPlaceFileOffset`) and every offset and length is aligned
-    /// to the filesystem block. No data is read or written for them. Returns the indexes of the pieces
-    /// done; the first refusal (a filesystem without reflinks, such as ext4) stops the attempt.
-    static func clone(_ pieces: [(range: Range<UInt64>, level: Int?)], from levels: [any DiskImage], into ancestor: any DiskImage,
-                      done: (UInt64) -> Void) throws -> Set<Int> {
-        let unit = OperationIO.filesystemBlock(of: ancestor.file)
-        var cloned = Set<Int>()
-        for (index, piece) in pieces.enumerated() {
-            guard let level = piece.level else { continue }
-            // Every segment: stored in the level, in place in the ancestor (one ancestor block each).
-            var segments: [(source: UInt64, target: UInt64, length: UInt64)] = []
-            var cloneable = true
-            for e in try levels[level].extents(in: piece.range) {
-                guard case .data(let sourceOffset) = e.kind else { cloneable = false; break }
-                var pos = e.range.lowerBound
-                let block = UInt64(max(ancestor.blockSize, 1))
-                while pos < e.range.upperBound {
-                    let end = min(e.range.upperBound, (pos / block + 1) * block)
-                    let source = sourceOffset + (pos - e.range.lowerBound)
-                    guard source % unit == 0, pos % unit == 0, (end - pos) % unit == 0,
-                          let target = try ancestor.inPlaceFileOffset(forWriting: pos..<end), target % unit == 0 else {
-                        cloneable = false
-                        break
-                    }
-                    segments.append((source, target, end - pos))
-                    pos = end
-                }
-                if !cloneable { break }
-            }
-            guard cloneable else { continue }
-            for s in segments {
-                guard try ancestor.file.cloneRange(from: levels[level].file, sourceOffset: s.source, to: s.target, length: s.length) else {
-                    // No reflinks here; a piece cut short is written in full by the copy.
-                    return cloned
-                }
-            }
-            cloned.insert(index)
-            done(UInt64(piece.range.count))
-        }
-        return cloned
     }
 }

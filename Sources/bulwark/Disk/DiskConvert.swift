@@ -25,6 +25,6 @@ struct DiskConvert: ParsableCommand {
                                                   progress: bar.handler)
         bar.finish()
         if json { try Output.json(result); return }
-        print("converted \(result.source) -> \(result.destination): \(result.format.rawValue) \(result.type.rawValue), \(ByteCount.format(result.virtualSize)), \(ByteCount.format(result.bytesWritten)) written, file \(ByteCount.format(result.allocatedBytes)) on disk")
+        print("converted \(result.source) -> \(result.destination): \(result.format.rawValue) \(result.type.rawValue), \(ByteCount.format(result.virtualSize)), \(ByteCount.format(result.bytesWritten)) written\(result.bytesCloned > 0 ? " (\(ByteCount.format(result.bytesCloned)) of it shared by reflink)" : ""), file \(ByteCount.format(result.allocatedBytes)) on disk")
     }
 }

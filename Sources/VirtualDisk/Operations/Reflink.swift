@@ -1,0 +1,49 @@
+import SystemPackage
+
+/// Sharing blocks instead of copying them, on filesystems with reflinks (xfs, btrfs): merge folds a
+/// level into its ancestor, and convert fills a fixed or raw image, without reading or writing the data.
+enum Reflink {
+    /// Reflinks the pieces that a level stores into `target` where both sides allow it: the target
+    /// stores the range in place (`inPlaceFileOffset`) and every offset and length is aligned to the
+    /// filesystem block. No data is read or written for them. Pieces without a level (zeros to write)
+    /// are left alone. Returns the indexes of the pieces done (`done` hears each one's size); the first
+    /// refusal (a filesystem without reflinks, such as ext4, or two filesystems) stops the attempt.
+    static func clone(_ pieces: [(range: Range<UInt64>, level: Int?)], from levels: [any DiskImage], into target: any DiskImage,
+                      done: (UInt64) -> Void) throws -> Set<Int> {
+        let unit = OperationIO.filesystemBlock(of: target.file)
+        let block = UInt64(max(target.blockSize, 1))
+        var cloned = Set<Int>()
+        for (index, piece) in pieces.enumerated() {
+            guard let level = piece.level else { continue }
+            // Every segment: stored in the level, in place in the target (one target block each).
+            var segments: [(source: UInt64, destination: UInt64, length: UInt64)] = []
+            var cloneable = true
+            for e in try levels[level].extents(in: piece.range) {
+                guard case .data(let sourceOffset) = e.kind else { cloneable = false; break }
+                var pos = e.range.lowerBound
+                while pos < e.range.upperBound {
+                    let end = min(e.range.upperBound, (pos / block + 1) * block)
+                    let source = sourceOffset + (pos - e.range.lowerBound)
+                    guard source % unit == 0, pos % unit == 0, (end - pos) % unit == 0,
+                          let destination = try target.inPlaceFileOffset(forWriting: pos..<end), destination % unit == 0 else {
+                        cloneable = false
+                        break
+                    }
+                    segments.append((source, destination, end - pos))
+                    pos = end
+                }
+                if !cloneable { break }
+            }
+            guard cloneable else { continue }
+            for s in segments {
+                guard try target.file.cloneRange(from: levels[level].file, sourceOffset: s.source, to: s.destination, length: s.length) else {
+                    // No reflinks here; a piece cut short is written in full by the copy.
+                    return cloned
+                }
+            }
+            cloned.insert(index)
+            done(UInt64(piece.range.count))
+        }
+        return cloned
+    }
+}
