@@ -118,7 +118,8 @@ public enum ConvertOperation {
     }
 
     /// Copies the mapped runs: into a fixed target shared by reflink where the filesystem allows it;
-    /// in-kernel for raw to fixed raw; otherwise read, all-zero granules skipped, written. Returns the bytes written and, of those, the bytes shared.
+    /// in-kernel for raw to fixed raw; otherwise read, all-zero granules skipped, written. Returns the
+    /// bytes written and, of those, the bytes shared.
     static func copy(_ map: [MappedExtent], from chain: DiskChain, to target: any DiskImage, fixedTarget: Bool, total: UInt64,
                      progress: ProgressHandler?) throws -> (bytes: UInt64, cloned: UInt64) {
         let buffer = OperationIO.buffer()
