@@ -134,17 +134,14 @@ public enum ConvertOperation {
         // A fixed target stores every byte anyway: where it can share the source's blocks, it does
         // (a dynamic one is written, so that zeros stay unstored).
         var cloned: UInt64 = 0
-        var shared = Set<Int>()
         if fixedTarget {
-            shared = try Reflink.clone(pieces.map { (range: $0.range, level: Optional($0.level)) }, from: chain.levels, into: target) { bytes in
-                cloned += bytes
+            cloned = try Reflink.clone(&pieces, range: { $0.range }, level: { $0.level }, from: chain.levels, into: target) { bytes in
                 written += bytes
                 done += bytes
                 progress?(done, total)
                 OperationIO.pace()
             }
         }
-        if !shared.isEmpty { pieces = pieces.indices.filter { !shared.contains($0) }.map { pieces[$0] } }
         if target.format == .raw, fixedTarget, let raw = target as? RawImage,
            pieces.allSatisfy({ chain.levels[$0.level].format == .raw }) {
             // Raw to a preallocated raw file: copy inside the kernel (reflinked where possible).

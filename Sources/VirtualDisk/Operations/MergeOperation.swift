@@ -226,14 +226,11 @@ public enum MergeOperation {
         var done = skipped
         progress?(done, total)
         // Where the filesystem shares blocks (xfs, btrfs), runs that land in place are reflinked.
-        var clonedBytes: UInt64 = 0
-        let cloned = try Reflink.clone(pieces, from: levels, into: ancestor) { bytes in
-            clonedBytes += bytes
+        let clonedBytes = try Reflink.clone(&pieces, range: { $0.range }, level: { $0.level }, from: levels, into: ancestor) { bytes in
             done += bytes
             progress?(done, total)
             OperationIO.pace()
         }
-        if !cloned.isEmpty { pieces = pieces.indices.filter { !cloned.contains($0) }.map { pieces[$0] } }
         for level in levels { OperationIO.adviseSequential(level.file) }
         let lookahead = OperationIO.lookahead(pieceBytes: pieces.map(\.range.count))
         let pipeline = CopyPipeline(pieces: pieces, lookahead: lookahead, prefetch: { piece in

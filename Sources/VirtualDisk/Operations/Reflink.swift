@@ -6,19 +6,23 @@ enum Reflink {
     /// Reflinks the pieces that a level stores into `target` where both sides allow it: the target
     /// stores the range in place (`inPlaceFileOffset`) and every offset and length is aligned to the
     /// filesystem block. No data is read or written for them. Pieces without a level (zeros to write)
-    /// are left alone. Returns the indexes of the pieces done (`done` hears each one's size); the first
-    /// refusal (a filesystem without reflinks, such as ext4, or two filesystems) stops the attempt.
-    static func clone(_ pieces: [(range: Range<UInt64>, level: Int?)], from levels: [any DiskImage], into target: any DiskImage,
-                      done: (UInt64) -> Void) throws -> Set<Int> {
+    /// are left alone. The pieces shared are removed from `pieces` (`done` hears each one's size), and
+    /// the bytes shared returned; the first refusal (a filesystem without reflinks, such as ext4, or two
+    /// filesystems) stops the attempt.
+    static func clone<Piece>(_ pieces: inout [Piece], range: (Piece) -> Range<UInt64>, level: (Piece) -> Int?,
+                             from levels: [any DiskImage], into target: any DiskImage, done: (UInt64) -> Void) throws -> UInt64 {
+        var cloned = Set<Int>()
+        defer { if !cloned.isEmpty { pieces = pieces.indices.filter { !cloned.contains($0) }.map { pieces[$0] } } }
         let unit = OperationIO.filesystemBlock(of: target.file)
         let block = UInt64(max(target.blockSize, 1))
-        var cloned = Set<Int>()
+        var bytes: UInt64 = 0
         for (index, piece) in pieces.enumerated() {
-            guard let level = piece.level else { continue }
+            guard let level = level(piece) else { continue }
+            let pieceRange = range(piece)
             // Every segment: stored in the level, in place in the target (one target block each).
             var segments: [(source: UInt64, destination: UInt64, length: UInt64)] = []
             var cloneable = true
-            for e in try levels[level].extents(in: piece.range) {
+            for e in try levels[level].extents(in: pieceRange) {
                 guard case .data(let sourceOffset) = e.kind else { cloneable = false; break }
                 var pos = e.range.lowerBound
                 while pos < e.range.upperBound {
@@ -38,12 +42,13 @@ enum Reflink {
             for s in segments {
                 guard try target.file.cloneRange(from: levels[level].file, sourceOffset: s.source, to: s.destination, length: s.length) else {
                     // No reflinks here; a piece cut short is written in full by the copy.
-                    return cloned
+                    return bytes
                 }
             }
             cloned.insert(index)
-            done(UInt64(piece.range.count))
+            bytes += UInt64(pieceRange.count)
+            done(UInt64(pieceRange.count))
         }
-        return cloned
+        return bytes
     }
 }
