@@ -9,6 +9,7 @@ let package = Package(
     name: "Bulwark",
     products: [
         .executable(name: "bulwark", targets: ["bulwark"]),
+        .library(name: "Storage", targets: ["Storage"]),
         .library(name: "VirtualDisk", targets: ["VirtualDisk"]),
         .library(name: "ShadowCopy", targets: ["ShadowCopy"]),
     ],
@@ -26,19 +27,22 @@ let package = Package(
         // Linux calls the Glibc overlay lacks (fallocate, copy_file_range, FICLONE, FIFREEZE).
         .target(name: "CLinux"),
 
-        // The disk engine: VHD, VHDX, raw images, chains and operations.
-        .target(name: "VirtualDisk", dependencies: ["CLinux", system]),
+        // Support: the byte-range store protocol and its POSIX implementation, errors, the bounded
+        // blocking pools, progress and cancellation, timestamps and byte counts.
+        .target(name: "Storage", dependencies: ["CLinux", system]),
+        // The disk engine: VHD, VHDX, raw images, chains and operations, over any store.
+        .target(name: "VirtualDisk", dependencies: ["Storage", "CLinux", system]),
         // The VSS analog: writers, providers and the snapshot coordinator.
-        .target(name: "ShadowCopy", dependencies: ["VirtualDisk", "CLinux", system]),
+        .target(name: "ShadowCopy", dependencies: ["Storage", "VirtualDisk", "CLinux", system]),
         // The command-line tool: parses and prints; behaviour lives in the libraries.
-        .executableTarget(name: "bulwark", dependencies: ["VirtualDisk", "ShadowCopy", argumentParser, system]),
+        .executableTarget(name: "bulwark", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", argumentParser, system]),
 
         // Shared helpers for the tests: temporary folders, external oracles, the built CLI.
         .target(name: "TestSupport", dependencies: [system], path: "Tests/TestSupport"),
-        .testTarget(name: "VirtualDiskTests", dependencies: ["VirtualDisk", "TestSupport", propertyBased]),
-        .testTarget(name: "ShadowCopyTests", dependencies: ["ShadowCopy", "VirtualDisk", "TestSupport"]),
+        .testTarget(name: "VirtualDiskTests", dependencies: ["Storage", "VirtualDisk", "TestSupport", propertyBased]),
+        .testTarget(name: "ShadowCopyTests", dependencies: ["Storage", "ShadowCopy", "VirtualDisk", "TestSupport"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSMBClient", "CBlkid", "CArchive", "TestSupport"]),
-        .testTarget(name: "CLITests", dependencies: ["TestSupport", "VirtualDisk"]),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport", "Storage", "VirtualDisk"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -61,3 +61,9 @@ int bulwark_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 int bulwark_start_writeback(int fd, int64_t offset, int64_t length) {
     return sync_file_range(fd, (off_t)offset, (off_t)length, SYNC_FILE_RANGE_WRITE);
 }
+
+int bulwark_blk_size(int fd, uint64_t *size) { return ioctl(fd, BLKGETSIZE64, size); }
+int bulwark_blk_sector_sizes(int fd, int *logical, unsigned int *physical) {
+    if (ioctl(fd, BLKSSZGET, logical) != 0) return -1;
+    return ioctl(fd, BLKPBSZGET, physical);
+}

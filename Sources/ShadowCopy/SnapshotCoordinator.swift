@@ -1,5 +1,6 @@
 import Foundation
 import VirtualDisk
+import Storage
 
 /// Runs snapshot sets (the VSS coordinator): identify → prepare → freeze → provider snapshot →
 /// thaw → complete for every writer, freezing as late and thawing as early as possible, each phase
@@ -115,7 +116,7 @@ final class SnapshotRun: @unchecked Sendable {
         let keys = tracks.flatMap(\.writer.resources) + provider.resources(disks: disks)
         let lease: ResourceLease
         do {
-            try await BlockingIO.run { [store] in
+            try await BlockingPool.disk.run { [store] in
                 try FileManager.default.createDirectory(atPath: store.directory, withIntermediateDirectories: true)
             }
             lease = try await ResourceLocks.shared.acquire(keys, stateDirectory: store.directory, timeout: policy.lockTimeout)
@@ -189,7 +190,7 @@ final class SnapshotRun: @unchecked Sendable {
         if !active.isEmpty, let config = watchdogConfig {
             do {
                 let (dir, fds) = (store.directory, lease.fds)
-                watchdog = try await BlockingIO.run { try WatchdogHandle.start(config, stateDirectory: dir, keep: fds) }
+                watchdog = try await BlockingPool.control.run { try WatchdogHandle.start(config, stateDirectory: dir, keep: fds) }
             } catch {
                 await provider.abort(disks: disks, context: context)
                 try await finishWithoutFreeze(writerFailed: false)
@@ -245,7 +246,7 @@ final class SnapshotRun: @unchecked Sendable {
         let thawError = await thawAll()
         if let watchdog {
             let handle = watchdog
-            if thawError == nil { await BlockingIO.runQuietly { handle.finish() } } else { await BlockingIO.runQuietly { handle.abandon() } }
+            if thawError == nil { await BlockingPool.control.runQuietly { handle.finish() } } else { await BlockingPool.control.runQuietly { handle.abandon() } }
         }
         if failure == nil, let thawError, !policy.fallBackToCrashConsistent { failure = thawError }
 
@@ -272,7 +273,7 @@ final class SnapshotRun: @unchecked Sendable {
     /// Writers found not stable (failed, or left mid-snapshot by a crash) are reset to stable; one
     /// that may still be frozen is thawed first.
     private func resetStuckWriters() async throws {
-        let records = try await BlockingIO.run { [store] in try store.load() }
+        let records = try await BlockingPool.disk.run { [store] in try store.load() }
         let byID = Dictionary(records.map { ($0.identity.id, $0) }, uniquingKeysWith: { $1 })
         for i in tracks.indices {
             guard let r = byID[tracks[i].identity.id], r.state != .stable else { continue }
@@ -338,7 +339,7 @@ final class SnapshotRun: @unchecked Sendable {
             r.snapshotID = context.snapshotID
             return r
         }
-        try await BlockingIO.run { [store] in
+        try await BlockingPool.disk.run { [store] in
             try store.update { map in for r in records { map[r.identity.id] = r } }
         }
     }
@@ -352,9 +353,9 @@ final class SnapshotRun: @unchecked Sendable {
     }
 }
 
-extension BlockingIO {
+extension BlockingPool {
     /// Runs `body` on a blocking thread, ignoring errors.
-    static func runQuietly(_ body: @escaping @Sendable () -> Void) async {
+    func runQuietly(_ body: @escaping @Sendable () -> Void) async {
         _ = try? await run { body() }
     }
 }

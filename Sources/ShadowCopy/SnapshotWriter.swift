@@ -1,4 +1,5 @@
 import Foundation
+import Storage
 
 /// What a writer learns about the snapshot it takes part in.
 public struct SnapshotContext: Sendable {
@@ -26,7 +27,7 @@ public struct SnapshotContext: Sendable {
 /// calls prepare → freeze → thaw → complete, each under a deadline; `thaw` is called on every path
 /// after `freeze` was attempted, and must be safe to call when nothing is frozen.
 ///
-/// Methods are async; implementations offload blocking calls with `BlockingIO.run`.
+/// Methods are async; implementations offload blocking calls with `BlockingPool.control.run` (freeze, agents and hooks can hang; disk I/O has its own pool).
 public protocol SnapshotWriter: Sendable {
     /// Name, stable id and what the writer covers.
     var identity: WriterIdentity { get }

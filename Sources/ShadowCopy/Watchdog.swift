@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import SystemPackage
 import VirtualDisk
+import Storage
 
 /// How to start the watchdog process. The library does not assume the `bulwark` binary: the
 /// default re-executes the running program (/proc/self/exe) with `snapshot watchdog`, which the CLI

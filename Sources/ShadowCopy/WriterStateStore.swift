@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import SystemPackage
 import VirtualDisk
+import Storage
 
 /// The persisted writer states: `<state dir>/writers.json`, one record per writer id, read and
 /// rewritten under an exclusive `flock` on `writers.json.lock`, published by rename so a reader
@@ -77,7 +78,7 @@ public struct WriterStateStore: Sendable {
         }
         do {
             let f = try BlockFile.open(FilePath(temp), writable: false)
-            try f.sync()
+            try f.flush()
             try f.close()
             try FileOps.rename(FilePath(temp), to: FilePath(path))
         } catch {

@@ -1,5 +1,6 @@
 import SystemPackage
 import struct Foundation.UUID
+import Storage
 
 /// An open leaf image with its parents resolved and verified, leaf first.
 ///
@@ -15,23 +16,24 @@ public struct DiskChain {
 
     public init(levels: [any DiskImage]) { self.levels = levels }
 
-    /// Opens `path` and all its parents. `acceptsMismatch(child, parent)`, when given, may excuse a
-    /// parent whose identity differs from the child's record (a merge in progress; see
-    /// `PendingMergeChain`); everything else is checked as always.
-    public static func open(_ path: FilePath, writable: Bool = false,
+    /// Opens `path` and all its parents, in `space` (the leaf's space: parents are found there by
+    /// their locators, so a chain on a share is read straight off the share). `acceptsMismatch(child,
+    /// parent)`, when given, may excuse a parent whose identity differs from the child's record (a
+    /// merge in progress; see `PendingMergeChain`); everything else is checked as always.
+    public static func open(_ path: FilePath, writable: Bool = false, in space: any StoreSpace = LocalFileSystem(),
                             acceptsMismatch: ((FilePath, FilePath) -> Bool)? = nil) throws -> DiskChain {
-        let leaf = try DiskImages.openLevel(path, writable: writable)
+        let leaf = try DiskImages.openLevel(path, writable: writable, in: space)
         var levels: [any DiskImage] = [leaf]
-        var seen: [String] = [FileOps.canonical(path).string]
+        var seen: [String] = [space.canonical(path).string]
         do {
             while let link = levels.last!.parentLink {
                 let child = levels.last!
-                let parentPath = try resolveParent(of: child.path, link: link)
-                let canonical = FileOps.canonical(parentPath).string
+                let parentPath = try resolveParent(of: child.path, link: link, in: space)
+                let canonical = space.canonical(parentPath).string
                 if seen.contains(canonical) {
                     throw DiskError.chainLoop(path: path.string, chain: seen + [canonical])
                 }
-                let parent = try DiskImages.openLevel(parentPath, writable: false)
+                let parent = try DiskImages.openLevel(parentPath, writable: false, in: space)
                 levels.append(parent)
                 seen.append(canonical)
                 guard parent.format == child.format else {
@@ -52,9 +54,10 @@ public struct DiskChain {
     }
 
     /// The candidate file paths for a child's parent, in the order they are tried.
-    public static func candidatePaths(of childPath: FilePath, link: ParentLink) -> [FilePath] {
+    public static func candidatePaths(of childPath: FilePath, link: ParentLink,
+                                      in space: any StoreSpace = LocalFileSystem()) -> [FilePath] {
         var out: [FilePath] = []
-        let dir = FileOps.absolute(childPath).removingLastComponent()
+        let dir = space.absolute(childPath).removingLastComponent()
         for locator in link.locators.sorted(by: { order($0.kind) < order($1.kind) }) {
             var p = locator.path.replacingAll("\\", with: "/")
             guard !p.isEmpty else { continue }
@@ -82,9 +85,11 @@ public struct DiskChain {
         switch kind { case .relative: 0; case .absolute: 1; case .volume: 2 }
     }
 
-    static func resolveParent(of childPath: FilePath, link: ParentLink) throws -> FilePath {
-        let candidates = candidatePaths(of: childPath, link: link)
-        for c in candidates where FileOps.exists(c) { return c }
+    static func resolveParent(of childPath: FilePath, link: ParentLink, in space: any StoreSpace) throws -> FilePath {
+        let candidates = candidatePaths(of: childPath, link: link, in: space)
+        // The first candidate that exists is opened (a FIFO or folder there fails the open with a
+        // clear error rather than being skipped silently).
+        for c in candidates where space.exists(c) { return c }
         throw DiskError.parentNotFound(child: childPath.string, tried: candidates.map(\.string),
                                        expectedID: link.expectedID.uuidString.lowercased())
     }

@@ -1,3 +1,4 @@
+import Storage
 import SystemPackage
 
 /// A printable, encodable summary of one image level (what `bulwark disk info` shows).
@@ -22,7 +23,7 @@ public struct DiskDescription: Codable, Sendable, Equatable {
         format = image.format
         type = image.type
         virtualSize = image.virtualSize
-        fileSize = try image.file.size()
+        fileSize = try image.store.size()
         logicalSectorSize = image.logicalSectorSize
         physicalSectorSize = image.physicalSectorSize
         blockSize = image.blockSize

@@ -1,5 +1,6 @@
 import SystemPackage
 import struct Foundation.UUID
+import Storage
 
 /// The container format of an image file.
 public enum DiskFormat: String, Sendable, CaseIterable, Codable {
@@ -28,7 +29,7 @@ public enum DiskType: String, Sendable, CaseIterable, Codable {
 /// What one level of a chain holds for a range of virtual bytes.
 public struct DiskExtent: Equatable, Sendable {
     public enum Kind: Equatable, Sendable {
-        /// The bytes are stored in this image's file, starting at `fileOffset`.
+        /// The bytes are stored in this image's store, starting at `fileOffset`.
         case data(fileOffset: UInt64)
         /// This level defines the bytes as zeros (without storing them).
         case zero
@@ -79,8 +80,8 @@ public struct ParentLink: Equatable, Sendable {
 /// Reads go through the chain (a differencing image falls back to its `parent`); writes go to this
 /// level only. Implementations do blocking I/O (see `BlockFile`).
 public protocol DiskImage: AnyObject {
-    /// The file this level lives in.
-    var file: BlockFile { get }
+    /// The store this level lives in (a local file, a block device, a file on a share, ...).
+    var store: any ByteStore { get }
     var format: DiskFormat { get }
     var type: DiskType { get }
     /// Size of the virtual disk in bytes.
@@ -121,8 +122,8 @@ extension DiskImage {
     /// By default nothing is written in place from outside the format.
     public func inPlaceFileOffset(forWriting range: Range<UInt64>) throws -> UInt64? { nil }
 
-    public var path: FilePath { file.path }
-    public var isWritable: Bool { file.isWritable }
+    public var path: FilePath { store.path }
+    public var isWritable: Bool { store.isWritable }
     /// The identity as a lowercase string (how records, reports and errors print it).
     public var identityString: String { identity.uuidString.lowercased() }
 
@@ -134,7 +135,7 @@ extension DiskImage {
         }
     }
 
-    /// Reads through `extents(in:)`: stored data from this file, zeros, and the parent for the rest.
+    /// Reads through `extents(in:)`: stored data from this store, zeros, and the parent for the rest.
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
         try checkRange(offset: offset, length: buffer.count)
         guard !buffer.isEmpty else { return }
@@ -143,7 +144,7 @@ extension DiskImage {
             let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[lower..<lower + extent.range.count])
             switch extent.kind {
             case .data(let fileOffset):
-                try file.read(into: slice, at: fileOffset)
+                try store.read(into: slice, at: fileOffset)
             case .zero:
                 slice.initializeMemory(as: UInt8.self, repeating: 0)
             case .unallocated:

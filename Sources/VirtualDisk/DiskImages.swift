@@ -1,5 +1,6 @@
 import SystemPackage
 import struct Foundation.UUID
+import Storage
 
 /// What to create. A differencing image takes its size and sector size from `parent`.
 public struct CreateOptions: Sendable {
@@ -35,72 +36,91 @@ public struct CreateOptions: Sendable {
     }
 }
 
-/// A container format's entry points. Each format (VHD, VHDX, raw) provides one.
+/// A container format's entry points. Each format (VHD, VHDX, raw) provides one. Formats see only
+/// stores: where a store lives (a local file, a block device, a share) is the space's business.
 public protocol DiskImageFormat: Sendable {
     static var format: DiskFormat { get }
-    /// Whether `file` looks like this format (by its signatures; it need not be valid).
-    static func probe(_ file: BlockFile) throws -> Bool
+    /// Whether `store` looks like this format (by its signatures; it need not be valid).
+    static func probe(_ store: any ByteStore) throws -> Bool
     /// Opens one level (no parent attached).
-    static func open(_ file: BlockFile) throws -> any DiskImage
-    /// Creates a new image at `path`. For a differencing image `parent` is the open parent level.
-    static func create(at path: FilePath, options: CreateOptions, parent: (any DiskImage)?) throws -> any DiskImage
+    static func open(_ store: any ByteStore) throws -> any DiskImage
+    /// Writes a new image into `store` (new, empty and writable). For a differencing image `parent`
+    /// is the open parent level. A staged image is not flushed here.
+    static func create(on store: any ByteStore, options: CreateOptions, parent: (any DiskImage)?) throws -> any DiskImage
 }
 
-/// The entry point to images of every format.
+/// The entry point to images of every format, in any store space (the local filesystem by default).
 public enum DiskImages {
     /// Formats in probing order (raw last: it accepts anything).
     public static let formats: [any DiskImageFormat.Type] = [VHDXFormat.self, VHDFormat.self, RawFormat.self]
 
     static func driver(for format: DiskFormat) -> any DiskImageFormat.Type {
-        formats.first { $0.format == format }!
+        switch format {
+        case .vhd: VHDFormat.self
+        case .vhdx: VHDXFormat.self
+        case .raw: RawFormat.self
+        }
     }
 
     /// Detects the format of the file at `path` by its signatures.
-    public static func detectFormat(_ path: FilePath) throws -> DiskFormat {
-        let file = try BlockFile.open(path, writable: false)
-        defer { try? file.close() }
-        return try detect(file).format
+    public static func detectFormat(_ path: FilePath, in space: any StoreSpace = LocalFileSystem()) throws -> DiskFormat {
+        let store = try space.open(path, writable: false)
+        defer { try? store.close() }
+        return try detect(store).format
     }
 
-    static func detect(_ file: BlockFile) throws -> any DiskImageFormat.Type {
-        for f in formats where try f.probe(file) { return f }
+    static func detect(_ store: any ByteStore) throws -> any DiskImageFormat.Type {
+        for f in formats where try f.probe(store) { return f }
         return RawFormat.self
     }
 
     /// Opens one image level (no parents). Use `DiskChain.open` to read through differencing chains.
-    public static func openLevel(_ path: FilePath, writable: Bool = false) throws -> any DiskImage {
-        let file = try BlockFile.open(path, writable: writable)
+    public static func openLevel(_ path: FilePath, writable: Bool = false, in space: any StoreSpace = LocalFileSystem()) throws -> any DiskImage {
+        let store = try space.open(path, writable: writable)
         do {
-            return try detect(file).open(file)
+            return try detect(store).open(store)
         } catch {
-            try? file.close()
+            try? store.close()
             throw error
         }
     }
 
-    /// Creates an image. A differencing image's parent chain is opened (read-only) and attached,
-    /// so the returned image reads through it. The file appears only complete: a failed create
-    /// removes what it wrote.
-    public static func create(at path: FilePath, options: CreateOptions) throws -> any DiskImage {
+    /// Creates an image. A differencing image's parent chain is opened (read-only, in the same space)
+    /// and attached, so the returned image reads through it. The file appears only complete: a failed
+    /// create removes what it wrote. A staged image (`options.staged`) is made durable by its final
+    /// flush only; see `StagedImage`, which also publishes it.
+    public static func create(at path: FilePath, options: CreateOptions, in space: any StoreSpace = LocalFileSystem()) throws -> any DiskImage {
+        let path = space.absolute(path)
         var parentChain: DiskChain?
         if options.type == .differencing {
             guard let parentPath = options.parentPath else {
-                throw DiskError.invalidArgument("\(path.string): a differencing image needs a parent (--parent)")
+                throw DiskError.invalidArgument("\(path.string): a differencing image needs a parent")
             }
-            parentChain = try DiskChain.open(parentPath)
+            parentChain = try DiskChain.open(space.absolute(parentPath), in: space)
             guard parentChain!.leaf.format == options.format else {
-                throw DiskError.unsupported(path: path.string, reason: "a \(options.format.rawValue.uppercased()) differencing image cannot have the \(parentChain!.leaf.format.rawValue.uppercased()) parent \(parentPath.string); parent and child must share a format")
+                let leafFormat = parentChain!.leaf.format
+                try? parentChain?.close()
+                throw DiskError.unsupported(path: path.string, reason: "a \(options.format.rawValue.uppercased()) differencing image cannot have the \(leafFormat.rawValue.uppercased()) parent \(parentPath.string); parent and child must share a format")
             }
         } else if options.parentPath != nil {
-            throw DiskError.invalidArgument("\(path.string): --parent makes a differencing image; it cannot be combined with type \(options.type.rawValue)")
+            throw DiskError.invalidArgument("\(path.string): a parent makes a differencing image; it cannot be combined with type \(options.type.rawValue)")
         }
-        if FileOps.exists(path) { throw DiskError.exists(path: path.string) }
+        let store: any ByteStore
         do {
-            let image = try driver(for: options.format).create(at: path, options: options, parent: parentChain?.leaf)
+            store = try space.create(path)
+        } catch {
+            try? parentChain?.close()
+            throw error
+        }
+        do {
+            let image = try driver(for: options.format).create(on: store, options: options, parent: parentChain?.leaf)
+            if !options.staged { try space.syncFolder(of: path) }
             if let parent = parentChain?.leaf, image.parent == nil { try image.attachParent(parent) }
             return image
         } catch {
-            if case DiskError.exists = error {} else { try? FileOps.remove(path) }
+            try? store.close()
+            try? space.remove(path)
+            try? parentChain?.close()
             throw error
         }
     }

@@ -1,4 +1,5 @@
 import SystemPackage
+import Storage
 
 /// What the disk utility (resize, reparent, compact) needs from a format beyond reading and writing.
 /// VHD and VHDX images conform; every change is crash-safe (a kill at any moment leaves a readable
@@ -12,7 +13,7 @@ public protocol MaintainableImage: DiskImage {
     /// Releases storage that holds only zeros without changing any byte read through the chain
     /// (in a differencing image a zero block that hides parent data stays, unless the format can mark
     /// it zero). Returns the bytes of file space reclaimed.
-    func compact(progress: ProgressHandler?) throws -> UInt64
+    func compact(progress: ProgressReporter?) throws -> UInt64
 }
 
 /// One finding of `check`.

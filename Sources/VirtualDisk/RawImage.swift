@@ -1,9 +1,10 @@
 import SystemPackage
 import struct Foundation.UUID
+import Storage
 
 /// A raw image: virtual byte N is file byte N. Holes in a sparse file are reported as unallocated.
 public final class RawImage: DiskImage {
-    public let file: BlockFile
+    public let store: any ByteStore
     public var format: DiskFormat { .raw }
     public var type: DiskType { .fixed }
     public private(set) var virtualSize: UInt64
@@ -17,9 +18,9 @@ public final class RawImage: DiskImage {
     public var parent: (any DiskImage)? { nil }
     public var properties: [String: String] { [:] }
 
-    init(file: BlockFile) throws {
-        self.file = file
-        self.virtualSize = try file.size()
+    init(store: any ByteStore) throws {
+        self.store = store
+        self.virtualSize = try store.size()
     }
 
     public func attachParent(_ parent: any DiskImage) throws {
@@ -30,12 +31,12 @@ public final class RawImage: DiskImage {
         var out: [DiskExtent] = []
         var pos = range.lowerBound
         while pos < range.upperBound {
-            guard let data = try file.nextData(from: pos), data < range.upperBound else {
+            guard let data = try store.nextData(from: pos), data < range.upperBound else {
                 out.append(DiskExtent(range: pos..<range.upperBound, kind: .unallocated))
                 break
             }
             if data > pos { out.append(DiskExtent(range: pos..<data, kind: .unallocated)) }
-            let hole = min(try file.nextHole(from: data), range.upperBound)
+            let hole = min(try store.nextHole(from: data), range.upperBound)
             out.append(DiskExtent(range: data..<hole, kind: .data(fileOffset: data)))
             pos = hole
         }
@@ -44,7 +45,7 @@ public final class RawImage: DiskImage {
 
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
         try checkRange(offset: offset, length: buffer.count)
-        try file.write(buffer, at: offset)
+        try store.write(buffer, at: offset)
     }
 
     public func inPlaceFileOffset(forWriting range: Range<UInt64>) throws -> UInt64? {
@@ -52,16 +53,16 @@ public final class RawImage: DiskImage {
         return isWritable ? range.lowerBound : nil
     }
 
-    public func flush() throws { try file.sync() }
+    public func flush() throws { try store.flush() }
 
     public func close() throws {
-        if file.isWritable { try file.sync() }
-        try file.close()
+        if store.isWritable { try store.flush() }
+        try store.close()
     }
 
     /// Sets the size of the raw file (growing reads as zeros).
     public func resize(to size: UInt64) throws {
-        try file.truncate(to: size)
+        try store.truncate(to: size)
         virtualSize = size
     }
 }
@@ -69,17 +70,15 @@ public final class RawImage: DiskImage {
 /// The raw format driver.
 public enum RawFormat: DiskImageFormat {
     public static var format: DiskFormat { .raw }
-    public static func probe(_ file: BlockFile) throws -> Bool { true }
-    public static func open(_ file: BlockFile) throws -> any DiskImage { try RawImage(file: file) }
-    public static func create(at path: FilePath, options: CreateOptions, parent: (any DiskImage)?) throws -> any DiskImage {
+    public static func probe(_ store: any ByteStore) throws -> Bool { true }
+    public static func open(_ store: any ByteStore) throws -> any DiskImage { try RawImage(store: store) }
+    public static func create(on store: any ByteStore, options: CreateOptions, parent: (any DiskImage)?) throws -> any DiskImage {
         guard options.type != .differencing else {
-            throw DiskError.invalidArgument("\(path.string): raw images cannot be differencing; use .vhd or .vhdx")
+            throw DiskError.invalidArgument("\(store.path.string): raw images cannot be differencing; use .vhd or .vhdx")
         }
-        let file = try BlockFile.create(path)
-        try file.truncate(to: options.virtualSize)
-        if options.type == .fixed { try file.preallocate(at: 0, length: options.virtualSize) }
-        try file.sync()
-        try FileOps.syncDirectory(of: path)
-        return try RawImage(file: file)
+        try store.truncate(to: options.virtualSize)
+        if options.type == .fixed { try store.preallocate(at: 0, length: options.virtualSize) }
+        if !options.staged { try store.flush() }
+        return try RawImage(store: store)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import VirtualDisk
+import Storage
 
 /// Printing helpers shared by the commands.
 enum Output {
@@ -35,7 +36,9 @@ enum Output {
 
 /// Progress for long operations: a bar with rate and ETA on a terminal, plain lines otherwise
 /// (at most one every few seconds), both on standard error.
-final class ProgressBar {
+///
+/// Unchecked Sendable: an operation reports from one thread at a time, and the bar is read by nobody else.
+final class ProgressBar: @unchecked Sendable {
     private let label: String
     private let interactive: Bool
     private let start = Date()
@@ -48,8 +51,8 @@ final class ProgressBar {
         self.interactive = interactive
     }
 
-    /// The handler to hand to engine operations.
-    var handler: ProgressHandler { { [self] done, total in self.update(done, total) } }
+    /// The reporter to hand to engine operations.
+    var handler: ProgressReporter { ProgressReporter { [self] done, total in self.update(done, total) } }
 
     func update(_ done: UInt64, _ total: UInt64) {
         let now = Date()

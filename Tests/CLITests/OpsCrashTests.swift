@@ -3,6 +3,7 @@ import SystemPackage
 import Testing
 import TestSupport
 import VirtualDisk
+import Storage
 
 /// Crash injection: the CLI runs in a child process with slowed-down copy loops
 /// (`BULWARK_TEST_SLOW_IO`) and is killed with SIGKILL at random moments. After every kill the disk

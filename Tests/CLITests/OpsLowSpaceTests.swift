@@ -3,6 +3,7 @@ import SystemPackage
 import Testing
 import TestSupport
 import VirtualDisk
+import Storage
 
 /// Merge and convert into a nearly full filesystem (a loop-mounted 32 MiB ext4) are refused before
 /// anything is written, with the figures in the message.
@@ -21,7 +22,7 @@ import VirtualDisk
         var rng = SeededRandom(seed: 131)
         try image.write(rng.bytes(40 << 20), at: 8 << 20)
         try image.close()
-        let available = try FileSystemSpace.available(at: FilePath(fs.mountpoint))
+        let available = try LocalFileSystem.available(at: FilePath(fs.mountpoint))
         for (format, type) in [(DiskFormat.raw, DiskType.dynamic), (.raw, .fixed), (.vhd, .dynamic), (.vhdx, .dynamic), (.vhdx, .fixed)] {
             let dst = fs.mountpoint + "/" + OpsCLI.name("out", format)
             let r = try run(TestEnv.bulwark, ["disk", "convert", src, dst, "--type", type.rawValue])
@@ -30,7 +31,7 @@ import VirtualDisk
             #expect(r.err.contains("\(available) bytes") || r.err.contains("bytes) are free"), "\(r.err)")
             #expect(fs.files.isEmpty, "nothing written: \(fs.files)")
         }
-        #expect(throws: DiskError.self) {
+        #expect(throws: StorageError.self) {
             try ConvertOperation.convert(source: FilePath(src), destination: FilePath(fs.mountpoint + "/x.img"))
         }
         // A conversion that fits still works there.

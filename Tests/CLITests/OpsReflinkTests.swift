@@ -3,6 +3,7 @@ import SystemPackage
 import Testing
 import TestSupport
 import VirtualDisk
+import Storage
 
 /// On a filesystem with reflinks (xfs), convert into fixed images and merge share the levels' blocks
 /// instead of reading and writing them; on ext4 they copy. Either way every byte lands in place and the

@@ -3,6 +3,7 @@ import Glibc
 import ShadowCopy
 import TestSupport
 import VirtualDisk
+import Storage
 
 extension LoopVolume {
     /// Whether a write into the volume completes within `seconds` (run in a child that is not waited
@@ -110,7 +111,7 @@ struct FrozenProbeProvider: SnapshotProvider {
     }
     func snapshot(disks: [String], context: SnapshotContext, deadline: Date) async throws -> ProviderSnapshot {
         let volume = self.volume
-        let completed = try await BlockingIO.run { volume.writeCompletes(within: 0.4, name: "while-frozen") }
+        let completed = try await BlockingPool.disk.run { volume.writeCompletes(within: 0.4, name: "while-frozen") }
         observed.set(completed)
         return try await CopyProvider().snapshot(disks: disks, context: context, deadline: deadline)
     }

@@ -5,6 +5,7 @@ import SystemPackage
 import Testing
 import TestSupport
 import VirtualDisk
+import Storage
 
 extension ShadowCopyTests {
     @Suite struct FreezeAndProviders {
@@ -57,11 +58,11 @@ extension ShadowCopyTests {
             let data = try makeDisk(disk, size: 48 << 20, seed: 7)
             try FileManager.default.createDirectory(atPath: volume.file("snaps"), withIntermediateDirectories: true)
             _ = try runChecked(sys("sync"), [])
-            let freeBefore = try FileSystemSpace.available(at: FilePath(volume.mountpoint))
+            let freeBefore = try LocalFileSystem.available(at: FilePath(volume.mountpoint))
             let result = try await coordinator(state).snapshot(SnapshotRequest(
                 writers: [], provider: ReflinkProvider(), disks: [disk], outputDirectory: volume.file("snaps")))
             _ = try runChecked(sys("sync"), [])
-            let freeAfter = try FileSystemSpace.available(at: FilePath(volume.mountpoint))
+            let freeAfter = try LocalFileSystem.available(at: FilePath(volume.mountpoint))
             #expect(result.consistency == .crashConsistent)  // no writers
             #expect(try Data(contentsOf: URL(fileURLWithPath: result.copies[0])) == data)
             // Shared extents: the 48 MiB copy took (almost) no space.

@@ -3,6 +3,7 @@ import SystemPackage
 import Testing
 import TestSupport
 @testable import VirtualDisk
+import Storage
 
 @Suite struct ByteCountTests {
     @Test(arguments: [("512", 512), ("4K", 4096), ("2m", 2 << 20), ("1G", 1 << 30), ("3T", 3 << 40), ("8MiB", 8 << 20), ("64GB", 64 << 30)])
@@ -12,7 +13,7 @@ import TestSupport
 
     @Test(arguments: ["", "G", "12X", "-1", "1.5G", "99999999999T"])
     func rejectsNonsense(text: String) {
-        #expect(throws: DiskError.self) { try ByteCount.parse(text) }
+        #expect(throws: StorageError.self) { try ByteCount.parse(text) }
     }
 
     @Test func formatsForPeople() {
@@ -57,7 +58,7 @@ import TestSupport
         let dir = try TempDir()
         let path = FilePath(dir.file("disk.img"))
         try Data("keep".utf8).write(to: URL(fileURLWithPath: path.string))
-        #expect(throws: DiskError.exists(path: path.string)) {
+        #expect(throws: StorageError.exists(path: path.string)) {
             try DiskImages.create(at: path, options: CreateOptions(format: .raw, type: .fixed, virtualSize: 1 << 20))
         }
         #expect(try Data(contentsOf: URL(fileURLWithPath: path.string)) == Data("keep".utf8))
@@ -68,16 +69,16 @@ import TestSupport
         let path = FilePath(dir.file("disk.img"))
         let first = try DiskImages.create(at: path, options: CreateOptions(format: .raw, type: .fixed, virtualSize: 1 << 20))
         defer { try? first.close() }
-        #expect(throws: DiskError.busy(path: path.string)) { try DiskImages.openLevel(path, writable: true) }
+        #expect(throws: StorageError.busy(path: path.string, holder: nil)) { try DiskImages.openLevel(path, writable: true) }
     }
 }
 
 @Suite struct BlockingIOTests {
     @Test func runsOffThePoolAndReturnsResults() async throws {
-        let value = try await BlockingIO.run { 6 * 7 }
+        let value = try await BlockingPool.disk.run { 6 * 7 }
         #expect(value == 42)
         await #expect(throws: DiskError.self) {
-            try await BlockingIO.run { throw DiskError.invalidArgument("x") }
+            try await BlockingPool.disk.run { throw DiskError.invalidArgument("x") }
         }
     }
 }

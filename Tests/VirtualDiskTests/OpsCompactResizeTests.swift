@@ -3,6 +3,7 @@ import SystemPackage
 import Testing
 import TestSupport
 @testable import VirtualDisk
+import Storage
 
 @Suite struct OpsCompactTests {
     static let cases: [(DiskFormat, DiskType, Int)] = [(.raw, .fixed, 0), (.vhd, .dynamic, 0), (.vhd, .dynamic, 1), (.vhdx, .dynamic, 0), (.vhdx, .dynamic, 1)]

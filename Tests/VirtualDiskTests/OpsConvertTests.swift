@@ -3,6 +3,7 @@ import SystemPackage
 import Testing
 import TestSupport
 @testable import VirtualDisk
+import Storage
 
 @Suite struct OpsConvertTests {
     static let sources: [(DiskFormat, DiskType, Int)] = [
@@ -66,7 +67,7 @@ import TestSupport
         let src = FilePath(dir.file("a.img")), dst = FilePath(dir.file("b.img"))
         try DiskImages.create(at: src, options: CreateOptions(format: .raw, type: .dynamic, virtualSize: 1 << 20)).close()
         try Data("keep".utf8).write(to: URL(fileURLWithPath: dst.string))
-        #expect(throws: DiskError.exists(path: dst.string)) { try ConvertOperation.convert(source: src, destination: dst) }
+        #expect(throws: StorageError.exists(path: dst.string)) { try ConvertOperation.convert(source: src, destination: dst) }
         #expect(try Data(contentsOf: URL(fileURLWithPath: dst.string)) == Data("keep".utf8))
     }
 

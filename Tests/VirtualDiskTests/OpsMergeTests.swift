@@ -3,6 +3,7 @@ import SystemPackage
 import Testing
 import TestSupport
 @testable import VirtualDisk
+import Storage
 
 @Suite struct OpsMergeTests {
     static let cases: [(DiskFormat, DiskType)] = [(.vhd, .dynamic), (.vhd, .fixed), (.vhdx, .dynamic), (.vhdx, .fixed)]

@@ -3,6 +3,7 @@ import SystemPackage
 import Testing
 import TestSupport
 @testable import VirtualDisk
+import Storage
 
 @Suite struct OpsReparentTests {
     /// A chain whose base moved: reparent to the copy, the chain reads as before (here and in libvhdi).
@@ -62,7 +63,7 @@ import TestSupport
         let report = try ChainCheck.check(path: path)
         #expect(report.isClean)
         #expect(report.levels.count == 1)
-        #expect(throws: DiskError.notFound(path: dir.file("nope.img"))) { try ChainCheck.check(path: FilePath(dir.file("nope.img"))) }
+        #expect(throws: StorageError.notFound(path: dir.file("nope.img"))) { try ChainCheck.check(path: FilePath(dir.file("nope.img"))) }
     }
 
     /// Missing parent, replaced parent: reported, and the files are left as they were.

@@ -4,6 +4,7 @@ import SystemPackage
 import Testing
 import TestSupport
 @testable import VirtualDisk
+import Storage
 
 /// Differencing chains made by Bulwark read the same through Bulwark, through libvhdi (pyvhdi) and
 /// in an in-memory model of the expected bytes.

@@ -3,6 +3,7 @@ import SystemPackage
 import Testing
 import TestSupport
 @testable import VirtualDisk
+import Storage
 
 /// Bad input gives a clear, distinct error, never a crash, and never changes the file.
 @Suite struct VHDErrorTests {
@@ -155,7 +156,7 @@ import TestSupport
         let path = try Self.makeDynamic(dir)
         let image = try DiskImages.openLevel(FilePath(path))
         defer { try? image.close() }
-        #expect(throws: DiskError.readOnly(path: path)) { try image.write([1], at: 0) }
+        #expect(throws: StorageError.readOnly(path: path)) { try image.write([1], at: 0) }
         #expect(throws: DiskError.outOfRange(path: path, offset: 8 << 20, length: 1, virtualSize: 8 << 20)) { _ = try image.read(count: 1, at: 8 << 20) }
     }
 

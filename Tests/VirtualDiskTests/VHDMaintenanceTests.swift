@@ -3,6 +3,7 @@ import SystemPackage
 import Testing
 import TestSupport
 @testable import VirtualDisk
+import Storage
 
 /// Resize, reparent, compact and check/repair of VHD images, with qemu-img and pyvhdi as oracles.
 @Suite struct VHDMaintenanceTests {
@@ -100,10 +101,10 @@ import TestSupport
         // Zero out blocks 2, 5, 6 and 9 (after they were allocated).
         for mb in [2, 5, 6, 9] { try VHDTest.write(image, &model, [UInt8](repeating: 0, count: 1 << 20), at: mb << 20) }
         try image.flush()
-        let before = try image.file.size()
+        let before = try image.store.size()
         let reclaimed = try image.compact(progress: nil)
         #expect(reclaimed >= 4 << 20)
-        #expect(try image.file.size() <= before - (4 << 20))
+        #expect(try image.store.size() <= before - (4 << 20))
         #expect(image.bat.filter { $0 != VHDImage.unused }.count == 12)
         #expect(VHDTest.mismatch(try VHDTest.readAll(image), model) == nil)
         try image.close()

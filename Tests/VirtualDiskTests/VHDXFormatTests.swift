@@ -323,10 +323,10 @@ enum VHDXTest {
         try image.write([UInt8](repeating: 0, count: 8 << 20), at: 6 << 20)  // eight zero blocks, allocated
         try image.write([UInt8](repeating: 1, count: 512), at: 15 << 20)
         try image.write([UInt8](repeating: 0, count: 512), at: 15 << 20)  // last block: zero again
-        let sizeBefore = try image.file.size()
+        let sizeBefore = try image.store.size()
         let reclaimed = try image.compact(progress: nil)
         #expect(reclaimed >= 7 << 20)  // eight 1 MiB blocks, less the log sectors newly written
-        #expect(try image.file.size() < sizeBefore)
+        #expect(try image.store.size() < sizeBefore)
         try image.close()
         let reopened = try DiskImages.openLevel(FilePath(path))
         defer { try? reopened.close() }

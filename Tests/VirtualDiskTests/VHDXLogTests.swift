@@ -3,6 +3,7 @@ import SystemPackage
 import Testing
 import TestSupport
 @testable import VirtualDisk
+import Storage
 
 /// The log: a write interrupted between log flush and apply, random kills, and damaged files.
 @Suite struct VHDXLogTests {
@@ -305,7 +306,7 @@ import TestSupport
     @Test func notAVHDXAtAll() throws {
         try VHDXTest.poke(path, at: 0, Array("notvhdx!".utf8))
         #expect(try DiskImages.detectFormat(FilePath(path)) == .raw)
-        #expect(throws: DiskError.self) { try VHDXImage(file: BlockFile.open(FilePath(path), writable: false)) }
+        #expect(throws: DiskError.self) { try VHDXImage(store: BlockFile.open(FilePath(path), writable: false)) }
         let report = try VHDXFormat.check(FilePath(path), repair: true)
         #expect(!report.isClean)
         #expect(report.repairs.isEmpty)

@@ -34,6 +34,11 @@ pid_t bulwark_spawn(const char *path, char *const argv[], char *const envp[], in
 /// pipe2(fds, O_CLOEXEC); 0 or -1.
 int bulwark_pipe_cloexec(int fds[2]);
 
+/// ioctl(fd, BLKGETSIZE64): a block device's size in bytes into *size; 0 or -1.
+int bulwark_blk_size(int fd, uint64_t *size);
+/// ioctl(fd, BLKSSZGET / BLKPBSZGET): a block device's logical and physical sector sizes; 0 or -1.
+int bulwark_blk_sector_sizes(int fd, int *logical, unsigned int *physical);
+
 #define BULWARK_SPAWN_SETSID 0x01
 #define BULWARK_SPAWN_SETPGID 0x02
 

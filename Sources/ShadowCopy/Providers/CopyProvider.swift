@@ -1,6 +1,7 @@
 import Foundation
 import SystemPackage
 import VirtualDisk
+import Storage
 
 /// Point-in-time copy by copying the disk file while the writers are frozen: works on any
 /// filesystem (copy_file_range, which reflinks where it can, else read/write), holes kept, but the
@@ -15,7 +16,7 @@ public struct CopyProvider: SnapshotProvider {
     public func prepare(disks: [String], context: SnapshotContext) async throws {
         try ProviderFiles.makeDirectory(context, provider: name)
         let targets = disks.map { ProviderFiles.copyPath(of: $0, context) }
-        try await BlockingIO.run {
+        try await BlockingPool.disk.run {
             var needed: UInt64 = 0
             for (disk, target) in zip(disks, targets) {
                 let f = try BlockFile.open(FilePath(disk), writable: false)
@@ -23,7 +24,7 @@ public struct CopyProvider: SnapshotProvider {
                 try f.close()
                 try BlockFile.create(FilePath(target)).close()
             }
-            if let dir = targets.first, let free = try? FileSystemSpace.available(at: FilePath(dir)), free < needed {
+            if let dir = targets.first, let free = try? LocalFileSystem.available(at: FilePath(dir)), free < needed {
                 throw ShadowCopyError.providerFailed(provider: "copy", reason: "not enough free space for the copies: \(ByteCount.format(needed)) needed, \(ByteCount.format(free)) free")
             }
         }
@@ -32,7 +33,7 @@ public struct CopyProvider: SnapshotProvider {
     public func snapshot(disks: [String], context: SnapshotContext, deadline: Date) async throws -> ProviderSnapshot {
         let targets = disks.map { ProviderFiles.copyPath(of: $0, context) }
         let chunk = max(chunk, 1 << 20)
-        try await BlockingIO.run {
+        try await BlockingPool.disk.run {
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
             defer { buffer.deallocate() }
             for (disk, target) in zip(disks, targets) {
@@ -50,7 +51,7 @@ public struct CopyProvider: SnapshotProvider {
                             throw ShadowCopyError.timedOut(phase: "copy of \(disk) while frozen", seconds: 0)
                         }
                         let n = min(chunk, end - at)
-                        try dst.copy(from: src, sourceOffset: at, to: at, length: n, buffer: buffer)
+                        try dst.copyRange(from: src, sourceOffset: at, to: at, length: n, buffer: buffer)
                         at += n
                     }
                     offset = end
@@ -62,7 +63,7 @@ public struct CopyProvider: SnapshotProvider {
 
     public func finish(_ snapshot: ProviderSnapshot, context: SnapshotContext) async throws {
         let copies = snapshot.copies
-        try await BlockingIO.run { try ProviderFiles.sync(copies, provider: "copy") }
+        try await BlockingPool.disk.run { try ProviderFiles.sync(copies, provider: "copy") }
     }
 
     public func abort(disks: [String], context: SnapshotContext) async {

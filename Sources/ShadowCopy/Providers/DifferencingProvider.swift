@@ -1,6 +1,7 @@
 import Foundation
 import SystemPackage
 import VirtualDisk
+import Storage
 
 /// Point-in-time copy of a VHD/VHDX disk the coordinator manages, the way Hyper-V makes an .avhdx:
 /// the current leaf file becomes the frozen point-in-time image, and a new differencing child of it
@@ -28,7 +29,7 @@ public struct DifferencingProvider: SnapshotProvider {
 
     public func prepare(disks: [String], context: SnapshotContext) async throws {
         let id = context.snapshotID
-        try await BlockingIO.run {
+        try await BlockingPool.disk.run {
             for disk in disks {
                 let child = Self.childPath(of: disk, format: try Self.format(of: disk), snapshotID: id)
                 if FileOps.exists(FilePath(child)) { throw ShadowCopyError.providerFailed(provider: "differencing", reason: "\(child) exists already") }
@@ -38,7 +39,7 @@ public struct DifferencingProvider: SnapshotProvider {
 
     public func snapshot(disks: [String], context: SnapshotContext, deadline: Date) async throws -> ProviderSnapshot {
         let id = context.snapshotID
-        let children = try await BlockingIO.run {
+        let children = try await BlockingPool.disk.run {
             var made: [String] = []
             do {
                 for disk in disks {
@@ -60,7 +61,7 @@ public struct DifferencingProvider: SnapshotProvider {
 
     public func finish(_ snapshot: ProviderSnapshot, context: SnapshotContext) async throws {
         let leaves = snapshot.newLeaves
-        try await BlockingIO.run { try ProviderFiles.sync(leaves, provider: "differencing") }
+        try await BlockingPool.disk.run { try ProviderFiles.sync(leaves, provider: "differencing") }
     }
 
     public func abort(disks: [String], context: SnapshotContext) async {

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import SystemPackage
 import VirtualDisk
+import Storage
 
 /// Where providers put copies: `<output>/<snapshot id>/<disk file name>`.
 enum ProviderFiles {
@@ -37,7 +38,7 @@ enum ProviderFiles {
         for p in paths {
             let f = try BlockFile.open(FilePath(p), writable: false)
             defer { try? f.close() }
-            try f.sync()
+            try f.flush()
             try FileOps.syncDirectory(of: FilePath(p))
         }
     }

@@ -5,6 +5,7 @@ import CLinux
 import Foundation
 import SystemPackage
 import VirtualDisk
+import Storage
 
 /// Point-in-time copy by reflink (FICLONE): the copy shares the disk file's extents, so it takes
 /// milliseconds whatever the size. Needs the copy on the same filesystem as the disk, and a
@@ -17,7 +18,7 @@ public struct ReflinkProvider: SnapshotProvider {
     public func prepare(disks: [String], context: SnapshotContext) async throws {
         try ProviderFiles.makeDirectory(context, provider: name)
         let dir = ProviderFiles.directory(context)
-        try await BlockingIO.run {
+        try await BlockingPool.disk.run {
             for disk in disks {
                 guard FileOps.exists(FilePath(disk)) else { throw ShadowCopyError.providerFailed(provider: "reflink", reason: "\(disk): no such file") }
                 if Paths.device(of: disk) != Paths.device(of: dir) {
@@ -57,7 +58,7 @@ public struct ReflinkProvider: SnapshotProvider {
 
     public func snapshot(disks: [String], context: SnapshotContext, deadline: Date) async throws -> ProviderSnapshot {
         let targets = disks.map { ProviderFiles.copyPath(of: $0, context) }
-        try await BlockingIO.run {
+        try await BlockingPool.disk.run {
             for (disk, target) in zip(disks, targets) {
                 let src = open(disk, O_RDONLY | O_CLOEXEC)
                 guard src >= 0 else { throw ShadowCopyError.providerFailed(provider: "reflink", reason: "\(disk): open: \(Errno(rawValue: errno))") }
@@ -77,7 +78,7 @@ public struct ReflinkProvider: SnapshotProvider {
 
     public func finish(_ snapshot: ProviderSnapshot, context: SnapshotContext) async throws {
         let copies = snapshot.copies
-        try await BlockingIO.run { try ProviderFiles.sync(copies, provider: "reflink") }
+        try await BlockingPool.disk.run { try ProviderFiles.sync(copies, provider: "reflink") }
     }
 
     public func abort(disks: [String], context: SnapshotContext) async {

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import SystemPackage
 import VirtualDisk
+import Storage
 
 /// Path helpers.
 enum Paths {

@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import SystemPackage
 import VirtualDisk
+import Storage
 
 /// Serializes snapshots that touch the same resource (agent socket, filesystem, disk, hook): an
 /// in-process lock per key (waiters queue without blocking threads), then an exclusive `flock` on
@@ -27,7 +28,7 @@ actor ResourceLocks {
             taken.append(key)
         }
         do {
-            let fds = try await BlockingIO.run { try FileLocks.lock(sorted, directory: stateDirectory, timeout: timeout) }
+            let fds = try await BlockingPool.disk.run { try FileLocks.lock(sorted, directory: stateDirectory, timeout: timeout) }
             return ResourceLease(keys: taken, fds: fds)
         } catch {
             release(taken)

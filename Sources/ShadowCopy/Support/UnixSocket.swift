@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import SystemPackage
+import Storage
 
 /// A connected AF_UNIX stream socket with deadline-bounded I/O (poll + non-blocking read/write).
 /// Blocking: use from a `BlockingIO` thread.

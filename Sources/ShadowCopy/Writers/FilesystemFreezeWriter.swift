@@ -5,6 +5,7 @@ import CLinux
 import Foundation
 import SystemPackage
 import VirtualDisk
+import Storage
 
 /// FIFREEZE / FITHAW on a mounted filesystem (what `fsfreeze` does), with a `syncfs` first so the
 /// freeze itself has little to flush.
@@ -78,7 +79,7 @@ public struct FilesystemFreezeWriter: SnapshotWriter {
 
     public func freeze(_ context: SnapshotContext) async throws -> [String] {
         let (m, p) = (mountpoint, context.protectedPaths)
-        try await BlockingIO.run {
+        try await BlockingPool.control.run {
             try FreezeRegistry.shared.withGate(m) { frozen in
                 try FilesystemFreezer.freeze(m, protecting: p)
                 frozen = true
@@ -91,7 +92,7 @@ public struct FilesystemFreezeWriter: SnapshotWriter {
     /// after waiting for a freeze still in flight (a slow syncfs past its deadline) to finish.
     public func thaw(_ context: SnapshotContext) async throws {
         let m = mountpoint
-        try await BlockingIO.run {
+        try await BlockingPool.control.run {
             try FreezeRegistry.shared.withGate(m) { frozen in
                 guard frozen else { return }
                 try FilesystemFreezer.thaw(m)
@@ -103,7 +104,7 @@ public struct FilesystemFreezeWriter: SnapshotWriter {
     /// After a crash nothing says whose freeze it was: thaw unconditionally.
     public func recover(_ context: SnapshotContext) async throws {
         let m = mountpoint
-        try await BlockingIO.run { try FilesystemFreezer.thaw(m) }
+        try await BlockingPool.control.run { try FilesystemFreezer.thaw(m) }
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Storage
 
 /// A QEMU guest agent connection: JSON commands over the agent's unix socket, every call bounded by
 /// `timeout`. Opening the connection runs the `guest-sync-delimited` handshake (a 0xFF sentinel

@@ -1,4 +1,5 @@
 import VirtualDisk
+import Storage
 
 /// Freezes a guest's filesystems through its QEMU guest agent (`guest-fsfreeze-freeze`, or
 /// `guest-fsfreeze-freeze-list` for chosen mountpoints).
@@ -28,7 +29,7 @@ public struct GuestAgentWriter: SnapshotWriter {
 
     private func session<T: Sendable>(_ body: @escaping @Sendable (GuestAgentClient) throws -> T) async throws -> T {
         let (socket, timeout) = (self.socket, callTimeout)
-        return try await BlockingIO.run {
+        return try await BlockingPool.control.run {
             let client = try GuestAgentClient(socket: socket, timeout: timeout)
             defer { client.close() }
             return try body(client)

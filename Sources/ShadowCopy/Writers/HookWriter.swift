@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import VirtualDisk
+import Storage
 
 /// An executable called as `HOOK freeze` and `HOOK thaw` (like qemu-ga's fsfreeze-hook): it quiesces
 /// an application (flush a database, pause a queue). Each call has a timeout after which the hook's
@@ -58,7 +59,7 @@ public struct HookWriter: SnapshotWriter {
 
     private func call(_ phase: String, _ context: SnapshotContext) async throws {
         let env = Self.environment(phase: phase, context: context)
-        try await BlockingIO.run { [path, timeout] in
+        try await BlockingPool.control.run { [path, timeout] in
             try Self.run(path: path, phase: phase, environment: env, timeout: timeout, log: context.log)
         }
     }

@@ -1,4 +1,5 @@
 import SystemPackage
+import Storage
 
 /// The result of checking a whole chain.
 public struct ChainCheckReport: Codable, Sendable, Equatable {
@@ -26,7 +27,7 @@ public enum ChainCheck {
         var report = ChainCheckReport(path: FileOps.absolute(path).string, levels: [], chainProblems: [], pendingMerges: [])
         guard FileOps.exists(path) else {
             let intents = PendingMergeChain.pendingIntents(near: [path]).filter { OperationIO.key(FilePath($0.child)) == OperationIO.key(path) }
-            if intents.isEmpty { throw DiskError.notFound(path: path.string) }
+            if intents.isEmpty { throw StorageError.notFound(path: path.string) }
             report.pendingMerges = intents
             report.chainProblems = intents.map { CheckProblem(.error, $0.summary, repairable: false) }
             return report
@@ -93,9 +94,9 @@ public enum ChainCheck {
     static func checkLevel(_ path: FilePath, repair: Bool) throws -> CheckReport {
         let format: any DiskImageFormat.Type
         do {
-            let file = try BlockFile.open(path, writable: false)
-            defer { try? file.close() }
-            format = try DiskImages.detect(file)
+            let store = try BlockFile.open(path, writable: false)
+            defer { try? store.close() }
+            format = try DiskImages.detect(store)
         } catch {
             return CheckReport(path: path.string, format: DiskFormat.fromExtension(of: path),
                                problems: [CheckProblem(.error, "cannot be read: \(error)", repairable: false)])

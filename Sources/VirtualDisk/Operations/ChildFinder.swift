@@ -1,5 +1,6 @@
 import Foundation
 import SystemPackage
+import Storage
 
 /// Finds the differencing images whose parent is a given file: those in the parent's folder (and in
 /// any extra folders or files named) whose parent locators resolve to it. Merge, resize, reparent and
@@ -28,10 +29,10 @@ public struct ChildFinder: Sendable {
     public init(folders: [FilePath], candidates: [FilePath] = []) {
         var seen = Set<String>()
         var links: [(image: FilePath, key: String, parentKey: String)] = []
-        for file in Self.images(in: folders) + candidates.map(FileOps.absolute) {
-            let key = OperationIO.key(file)
-            guard seen.insert(key).inserted, let parent = Self.parentPath(of: file) else { continue }
-            links.append((file, key, OperationIO.key(parent)))
+        for store in Self.images(in: folders) + candidates.map(FileOps.absolute) {
+            let key = OperationIO.key(store)
+            guard seen.insert(key).inserted, let parent = Self.parentPath(of: store) else { continue }
+            links.append((store, key, OperationIO.key(parent)))
         }
         self.links = links
     }

@@ -5,6 +5,7 @@ import Musl
 #endif
 import Foundation
 import SystemPackage
+import Storage
 
 /// What `convert` should produce.
 public struct ConvertOptions: Sendable {
@@ -44,13 +45,13 @@ public struct ConvertResult: Codable, Sendable, Equatable {
 /// all-zero chunks are not written.
 public enum ConvertOperation {
     public static func convert(source: FilePath, destination: FilePath, options: ConvertOptions = ConvertOptions(),
-                               progress: ProgressHandler? = nil) throws -> ConvertResult {
+                               progress: ProgressReporter? = nil) throws -> ConvertResult {
         let destination = FileOps.absolute(destination)
-        if FileOps.exists(destination) { throw DiskError.exists(path: destination.string) }
+        if FileOps.exists(destination) { throw StorageError.exists(path: destination.string) }
         let chain = try PendingMergeChain.open(source)
         defer { try? chain.close() }
         let leaf = chain.leaf
-        if OperationIO.key(destination) == OperationIO.key(source) { throw DiskError.exists(path: destination.string) }
+        if OperationIO.key(destination) == OperationIO.key(source) { throw StorageError.exists(path: destination.string) }
 
         let format = options.format ?? DiskFormat.fromExtension(of: destination)
         let type = options.type ?? ((leaf.type == .fixed && leaf.format != .raw) ? .fixed : .dynamic)
@@ -81,9 +82,9 @@ public enum ConvertOperation {
             }
             needed = min(rounded, leaf.virtualSize) + metadata
         }
-        let available = try FileSystemSpace.available(at: destination.removingLastComponent())
+        let available = try LocalFileSystem.available(at: destination.removingLastComponent())
         if needed > available {
-            throw DiskError.insufficientSpace(path: destination.string, needed: needed, available: available)
+            throw StorageError.insufficientSpace(path: destination.string, needed: needed, available: available)
         }
 
         let name = destination.lastComponent?.string ?? "disk"
@@ -106,11 +107,11 @@ public enum ConvertOperation {
                 throw error
             }
             try FileOps.rename(temp, to: destination)
-            let file = try BlockFile.open(destination, writable: false)
-            defer { try? file.close() }
+            let store = try BlockFile.open(destination, writable: false)
+            defer { try? store.close() }
             return ConvertResult(source: FileOps.absolute(source).string, destination: destination.string, format: format, type: type,
                                  virtualSize: leaf.virtualSize, bytesWritten: written.bytes, bytesCloned: written.cloned,
-                                 fileSize: try file.size(), allocatedBytes: try file.allocatedBytes())
+                                 fileSize: try store.size(), allocatedBytes: try store.allocatedBytes())
         } catch {
             try? FileOps.remove(temp)
             throw error
@@ -121,14 +122,14 @@ public enum ConvertOperation {
     /// in-kernel for raw to fixed raw; otherwise read, all-zero granules skipped, written. Returns the
     /// bytes written and, of those, the bytes shared.
     static func copy(_ map: [MappedExtent], from chain: DiskChain, to target: any DiskImage, fixedTarget: Bool, total: UInt64,
-                     progress: ProgressHandler?) throws -> (bytes: UInt64, cloned: UInt64) {
+                     progress: ProgressReporter?) throws -> (bytes: UInt64, cloned: UInt64) {
         let buffer = OperationIO.buffer()
         defer { buffer.deallocate() }
         // Zero detection granule: a target block (so a skipped granule never allocates), capped at 1 MiB.
         let granule = target.format == .raw ? 64 << 10 : min(max(target.blockSize, 4096), 1 << 20)
         var done: UInt64 = 0
         var written: UInt64 = 0
-        progress?(0, total)
+        progress?.report(0, of: total)
         var pieces: [(range: Range<UInt64>, level: Int)] = []
         for m in map { pieces += OperationIO.chunks(of: m.range).map { ($0, m.level!) } }
         // A fixed target stores every byte anyway: where it can share the source's blocks, it does
@@ -138,7 +139,7 @@ public enum ConvertOperation {
             cloned = try Reflink.clone(&pieces, range: { $0.range }, level: { $0.level }, from: chain.levels, into: target) { bytes in
                 written += bytes
                 done += bytes
-                progress?(done, total)
+                progress?.report(done, of: total)
                 OperationIO.pace()
             }
         }
@@ -146,18 +147,18 @@ public enum ConvertOperation {
            pieces.allSatisfy({ chain.levels[$0.level].format == .raw }) {
             // Raw to a preallocated raw file: copy inside the kernel (reflinked where possible).
             for piece in pieces {
-                try raw.file.copy(from: chain.levels[piece.level].file, sourceOffset: piece.range.lowerBound,
+                try raw.store.copyRange(from: chain.levels[piece.level].store, sourceOffset: piece.range.lowerBound,
                                   to: piece.range.lowerBound, length: UInt64(piece.range.count), buffer: buffer)
                 written += UInt64(piece.range.count)
                 done += UInt64(piece.range.count)
-                progress?(done, total)
+                progress?.report(done, of: total)
                 OperationIO.pace()
             }
             return (written, cloned)
         }
         let levels = chain.levels
-        for level in levels { OperationIO.adviseSequential(level.file) }
-        // Targets whose bytes sit at fixed file offsets are written straight into the file, from two
+        for level in levels { OperationIO.adviseSequential(level.store) }
+        // Targets whose bytes sit at fixed file offsets are written straight into the store, from two
         // threads; the others through the format, in order.
         let layout = try fileLayout(of: target)
         let counters = NSLock()
@@ -190,7 +191,7 @@ public enum ConvertOperation {
                 let bytesOfRun = UnsafeRawBufferPointer(rebasing: slice[r])
                 let at = piece.range.lowerBound + UInt64(r.lowerBound)
                 if let layout {
-                    try writeDirect(bytesOfRun, at: at, layout: layout, file: target.file)
+                    try writeDirect(bytesOfRun, at: at, layout: layout, store: target.store)
                 } else {
                     try target.write(bytesOfRun, at: at)
                 }
@@ -200,15 +201,15 @@ public enum ConvertOperation {
             defer { counters.unlock() }
             written += bytes
             unsynced += bytes
-            OperationIO.startWriteback(target.file, written: &unsynced)
+            OperationIO.startWriteback(target.store, written: &unsynced)
             done += UInt64(piece.range.count)
-            progress?(done, total)
+            progress?.report(done, of: total)
             OperationIO.pace()
         }
         return (written, cloned)
     }
 
-    /// Where each virtual byte of `target` lives in its file, for targets where writing never moves or
+    /// Where each virtual byte of `target` lives in its store, for targets where writing never moves or
     /// allocates anything (raw images; fixed images whose every block is stored), as sorted runs; nil
     /// for the others, which must be written through the format.
     static func fileLayout(of target: any DiskImage) throws -> [(range: Range<UInt64>, fileOffset: UInt64)]? {
@@ -222,9 +223,9 @@ public enum ConvertOperation {
         return layout
     }
 
-    /// Writes `bytes` at virtual `offset` straight into `file` through `layout`.
+    /// Writes `bytes` at virtual `offset` straight into `store` through `layout`.
     static func writeDirect(_ bytes: UnsafeRawBufferPointer, at offset: UInt64,
-                            layout: [(range: Range<UInt64>, fileOffset: UInt64)], file: BlockFile) throws {
+                            layout: [(range: Range<UInt64>, fileOffset: UInt64)], store: any ByteStore) throws {
         var done = 0
         while done < bytes.count {
             let v = offset + UInt64(done)
@@ -235,10 +236,10 @@ public enum ConvertOperation {
             }
             let run = layout[lo]
             guard run.range.contains(v) else {
-                throw DiskError.corrupt(path: file.path.string, reason: "virtual offset \(v) is not stored in the new image")
+                throw DiskError.corrupt(path: store.path.string, reason: "virtual offset \(v) is not stored in the new image")
             }
             let n = Int(min(UInt64(bytes.count - done), run.range.upperBound - v))
-            try file.write(UnsafeRawBufferPointer(rebasing: bytes[done..<done + n]), at: run.fileOffset + (v - run.range.lowerBound))
+            try store.write(UnsafeRawBufferPointer(rebasing: bytes[done..<done + n]), at: run.fileOffset + (v - run.range.lowerBound))
             done += n
         }
     }

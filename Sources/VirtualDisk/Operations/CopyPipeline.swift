@@ -1,10 +1,11 @@
+import Storage
 import Dispatch
 import Foundation
 
 /// Overlaps reading and writing in the copy loops: a background thread reads the next pieces into a
 /// few chunk buffers while writers store the ones already read. With one writer (the caller) pieces
 /// are written in order; with several, in any order (only for targets whose writes are independent,
-/// such as positioned writes straight into a file). Memory stays bounded (`depth` + writers buffers).
+/// such as positioned writes straight into a store). Memory stays bounded (`depth` + writers buffers).
 final class CopyPipeline<Piece>: @unchecked Sendable {
     private let pieces: [Piece]
     private let read: (Piece, UnsafeMutableRawBufferPointer) throws -> Void

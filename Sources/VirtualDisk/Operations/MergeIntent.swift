@@ -1,5 +1,6 @@
 import Foundation
 import SystemPackage
+import Storage
 
 /// The record a merge writes (and fsyncs) beside the child before it touches the ancestor, and removes
 /// last. While it exists the merge is pending: re-running `merge` on the child finishes it, and
@@ -46,18 +47,18 @@ public struct MergeIntent: Codable, Sendable, Equatable {
         return try load(path)
     }
 
-    /// Reads a record file.
+    /// Reads a record store.
     public static func load(_ path: FilePath) throws -> MergeIntent {
         let data: Data
         do { data = try Data(contentsOf: URL(fileURLWithPath: path.string)) } catch {
-            throw DiskError.io(path: path.string, operation: "read merge record", errno: .ioError)
+            throw StorageError.io(path: path.string, operation: "read merge record", errno: .ioError)
         }
         do { return try JSONDecoder().decode(MergeIntent.self, from: data) } catch {
             throw DiskError.corrupt(path: path.string, reason: "the merge record is not valid JSON (\(error)); it was written by an interrupted merge")
         }
     }
 
-    /// Writes the record durably: a temporary file, fsync, rename, directory fsync.
+    /// Writes the record durably: a temporary store, fsync, rename, directory fsync.
     public func write(for child: FilePath) throws {
         let path = Self.recordPath(for: child)
         let temp = path.removingLastComponent().appending(".\(path.lastComponent?.string ?? "merge.json").tmp-\(getpid())")
@@ -65,14 +66,14 @@ public struct MergeIntent: Codable, Sendable, Equatable {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         let bytes = [UInt8](try encoder.encode(self))
         try? FileOps.remove(temp)
-        let file = try BlockFile.create(temp)
+        let store = try BlockFile.create(temp)
         do {
-            try file.write(bytes, at: 0)
-            try file.sync()
-            try file.close()
+            try store.write(bytes, at: 0)
+            try store.flush()
+            try store.close()
             try FileOps.rename(temp, to: path)
         } catch {
-            try? file.close()
+            try? store.close()
             try? FileOps.remove(temp)
             throw error
         }

@@ -1,5 +1,6 @@
 import Foundation
 import SystemPackage
+import Storage
 
 /// What `merge` is asked to do beyond the child's path.
 public struct MergeOptions: Sendable {
@@ -40,7 +41,7 @@ public struct MergeResult: Codable, Sendable, Equatable {
 /// record removed. Re-running after a kill at any point copies the child levels' data again (the copy is
 /// idempotent) and finishes.
 public enum MergeOperation {
-    public static func merge(child: FilePath, options: MergeOptions = MergeOptions(), progress: ProgressHandler? = nil) throws -> MergeResult {
+    public static func merge(child: FilePath, options: MergeOptions = MergeOptions(), progress: ProgressReporter? = nil) throws -> MergeResult {
         let child = FileOps.absolute(child)
         if let intent = try MergeIntent.load(for: child) {
             if let into = options.into, OperationIO.key(into) != OperationIO.key(FilePath(intent.ancestor)) {
@@ -48,7 +49,7 @@ public enum MergeOperation {
             }
             return try execute(intent, options: options, resumed: true, progress: progress)
         }
-        guard FileOps.exists(child) else { throw DiskError.notFound(path: child.string) }
+        guard FileOps.exists(child) else { throw StorageError.notFound(path: child.string) }
         let intent = try plan(child: child, options: options)
         try intent.write(for: child)
         return try execute(intent, options: options, resumed: false, progress: progress)
@@ -87,9 +88,9 @@ public enum MergeOperation {
         }
 
         let needed = try spaceNeeded(levels: Array(chain.levels[0..<k]), ancestor: ancestor)
-        let available = try FileSystemSpace.available(at: ancestor.path)
+        let available = try LocalFileSystem.available(at: ancestor.path)
         if needed > available {
-            throw DiskError.insufficientSpace(path: ancestor.path.string, needed: needed, available: available)
+            throw StorageError.insufficientSpace(path: ancestor.path.string, needed: needed, available: available)
         }
         let repoint = finder.children(of: child).filter { !merged.contains(OperationIO.key($0)) }
         return MergeIntent(child: child.string, levels: levelPaths.map(\.string),
@@ -124,7 +125,7 @@ public enum MergeOperation {
     }
 
     /// Runs (or resumes) the merge a record describes.
-    static func execute(_ intent: MergeIntent, options: MergeOptions, resumed: Bool, progress: ProgressHandler?) throws -> MergeResult {
+    static func execute(_ intent: MergeIntent, options: MergeOptions, resumed: Bool, progress: ProgressReporter?) throws -> MergeResult {
         let child = FilePath(intent.child)
         let ancestorPath = FilePath(intent.ancestor)
         var copied: (bytes: UInt64, cloned: UInt64) = (0, 0)
@@ -177,7 +178,7 @@ public enum MergeOperation {
     }
 
     /// Copies everything the child levels hold into the ancestor, newest level winning, then flushes.
-    static func copy(_ intent: MergeIntent, progress: ProgressHandler?) throws -> (bytes: UInt64, cloned: UInt64) {
+    static func copy(_ intent: MergeIntent, progress: ProgressReporter?) throws -> (bytes: UInt64, cloned: UInt64) {
         // The merged levels, checked against the record (they are never written during a merge).
         var levels: [any DiskImage] = []
         defer { for l in levels { try? l.close() } }
@@ -224,14 +225,14 @@ public enum MergeOperation {
             }
         }
         var done = skipped
-        progress?(done, total)
+        progress?.report(done, of: total)
         // Where the filesystem shares blocks (xfs, btrfs), runs that land in place are reflinked.
         let clonedBytes = try Reflink.clone(&pieces, range: { $0.range }, level: { $0.level }, from: levels, into: ancestor) { bytes in
             done += bytes
-            progress?(done, total)
+            progress?.report(done, of: total)
             OperationIO.pace()
         }
-        for level in levels { OperationIO.adviseSequential(level.file) }
+        for level in levels { OperationIO.adviseSequential(level.store) }
         let lookahead = OperationIO.lookahead(pieceBytes: pieces.map(\.range.count))
         let pipeline = CopyPipeline(pieces: pieces, lookahead: lookahead, prefetch: { piece in
             if let level = piece.level { OperationIO.prefetch(levels[level], piece.range) }
@@ -250,9 +251,9 @@ public enum MergeOperation {
         try pipeline.run { piece, buffer in
             try ancestor.write(UnsafeRawBufferPointer(rebasing: buffer[..<piece.range.count]), at: piece.range.lowerBound)
             unsynced += UInt64(piece.range.count)
-            OperationIO.startWriteback(ancestor.file, written: &unsynced)
+            OperationIO.startWriteback(ancestor.store, written: &unsynced)
             done += UInt64(piece.range.count)
-            progress?(done, total)
+            progress?.report(done, of: total)
             OperationIO.pace()
         }
         try ancestor.flush()

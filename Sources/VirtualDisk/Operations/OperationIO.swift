@@ -5,6 +5,7 @@ import Musl
 #endif
 import CLinux
 import SystemPackage
+import Storage
 
 /// Shared pieces of the disk operations' copy loops: the chunk size, a page-aligned buffer, zero
 /// detection and the test slow-down.
@@ -86,18 +87,18 @@ enum OperationIO {
     /// The absolute, symlink-resolved path as a string (for comparing files).
     static func key(_ path: FilePath) -> String { FileOps.canonical(path).string }
 
-    /// Starts writing `file`'s dirty pages to disk without waiting, once every `writebackInterval` bytes
+    /// Starts writing `store`'s dirty pages to disk without waiting, once every `writebackInterval` bytes
     /// written (`written` counts them), so the final fsync is short and writeback overlaps the copy.
-    static func startWriteback(_ file: BlockFile, written: inout UInt64) {
+    static func startWriteback(_ store: any ByteStore, written: inout UInt64) {
         guard written >= writebackInterval else { return }
         written = 0
-        _ = bulwark_start_writeback(file.descriptor.rawValue, 0, 0)
+        store.advise(.startWriteback(nil))
     }
     static let writebackInterval: UInt64 = 128 << 20
 
-    /// Tells the kernel `file` will be read front to back (a larger readahead window for cold reads).
-    static func adviseSequential(_ file: BlockFile) {
-        _ = posix_fadvise(file.descriptor.rawValue, 0, 0, POSIX_FADV_SEQUENTIAL)
+    /// Tells the kernel `store` will be read front to back (a larger readahead window for cold reads).
+    static func adviseSequential(_ store: any ByteStore) {
+        store.advise(.sequential)
     }
 
     /// How many pieces ahead of the reader to prefetch so that about 64 MiB is in flight: copies often
@@ -115,7 +116,7 @@ enum OperationIO {
         for e in extents {
             switch e.kind {
             case .data(let fileOffset):
-                _ = posix_fadvise(image.file.descriptor.rawValue, off_t(fileOffset), off_t(e.range.count), POSIX_FADV_WILLNEED)
+                image.store.advise(.willNeed(fileOffset..<fileOffset + UInt64(e.range.count)))
             case .unallocated:
                 if let parent = image.parent, e.range.lowerBound < parent.virtualSize {
                     prefetch(parent, e.range.lowerBound..<min(e.range.upperBound, parent.virtualSize))
@@ -132,17 +133,11 @@ enum OperationIO {
         guard let extents = try? image.extents(in: range) else { return }
         for e in extents {
             if case .data(let fileOffset) = e.kind {
-                _ = posix_fadvise(image.file.descriptor.rawValue, off_t(fileOffset), off_t(e.range.count), POSIX_FADV_DONTNEED)
+                image.store.advise(.dontNeed(fileOffset..<fileOffset + UInt64(e.range.count)))
             }
         }
     }
 
-    /// The block size of the filesystem holding `file` (the unit of reflinks); 4096 if it cannot be read.
-    static func filesystemBlock(of file: BlockFile) -> UInt64 {
-        var st = statvfs()
-        guard fstatvfs(file.descriptor.rawValue, &st) == 0, st.f_bsize > 0 else { return 4096 }
-        return UInt64(st.f_bsize)
-    }
 
     /// Whether process `pid` is still running.
     static func isRunning(_ pid: Int32) -> Bool {

@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import SystemPackage
+import Storage
 
 /// Opening chains that a pending merge has touched.
 ///
@@ -32,8 +33,8 @@ public enum PendingMergeChain {
         }
         var out: [MergeIntent] = []
         for folder in folders {
-            for file in recordFiles(in: FilePath(folder)) {
-                if let intent = try? MergeIntent.load(file) { out.append(intent) }
+            for store in recordFiles(in: FilePath(folder)) {
+                if let intent = try? MergeIntent.load(store) { out.append(intent) }
             }
         }
         return out

@@ -1,3 +1,4 @@
+import Storage
 import SystemPackage
 
 /// Sharing blocks instead of copying them, on filesystems with reflinks (xfs, btrfs): merge folds a
@@ -13,7 +14,7 @@ enum Reflink {
                              from levels: [any DiskImage], into target: any DiskImage, done: (UInt64) -> Void) throws -> UInt64 {
         var cloned = Set<Int>()
         defer { if !cloned.isEmpty { pieces = pieces.indices.filter { !cloned.contains($0) }.map { pieces[$0] } } }
-        let unit = OperationIO.filesystemBlock(of: target.file)
+        let unit = target.store.allocationUnit
         let block = UInt64(max(target.blockSize, 1))
         var bytes: UInt64 = 0
         for (index, piece) in pieces.enumerated() {
@@ -40,7 +41,7 @@ enum Reflink {
             }
             guard cloneable else { continue }
             for s in segments {
-                guard try target.file.cloneRange(from: levels[level].file, sourceOffset: s.source, to: s.destination, length: s.length) else {
+                guard try target.store.cloneRange(from: levels[level].store, sourceOffset: s.source, to: s.destination, length: s.length) else {
                     // No reflinks here; a piece cut short is written in full by the copy.
                     return bytes
                 }

@@ -1,4 +1,5 @@
 import SystemPackage
+import Storage
 
 /// What a reparent did.
 public struct ReparentResult: Codable, Sendable, Equatable {

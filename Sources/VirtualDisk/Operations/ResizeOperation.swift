@@ -1,4 +1,5 @@
 import SystemPackage
+import Storage
 
 /// What a resize did.
 public struct ResizeResult: Codable, Sendable, Equatable {
@@ -21,7 +22,7 @@ public enum ResizeOperation {
         // killed part way completes what it left (a VHD's footer copy at offset 0).
         if newSize != old, !found.isEmpty, !force { throw DiskError.hasChildren(path: path.string, children: found.map(\.string)) }
         if let raw = image as? RawImage {
-            if newSize < old, let data = try raw.file.nextData(from: newSize), data < old {
+            if newSize < old, let data = try raw.store.nextData(from: newSize), data < old {
                 throw DiskError.unsupported(path: path.string, reason: "cannot shrink to \(newSize) bytes: the tail holds data (at \(data))")
             }
             try raw.resize(to: newSize)

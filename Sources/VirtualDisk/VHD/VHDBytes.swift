@@ -1,3 +1,4 @@
+import Storage
 import struct Foundation.UUID
 import struct Foundation.Date
 

@@ -1,16 +1,17 @@
 import SystemPackage
+import Storage
 
 /// Consistency checks of VHD files, and the repairs that cannot lose data: restoring one footer from
-/// the other, and dropping BAT entries that point past the end of the file.
+/// the other, and dropping BAT entries that point past the end of the store.
 extension VHDFormat: CheckableFormat {
     public static func check(_ path: FilePath, repair: Bool) throws -> CheckReport {
-        let file = try BlockFile.open(path, writable: repair)
-        defer { try? file.close() }
-        var report = try inspect(file).report
+        let store = try BlockFile.open(path, writable: repair)
+        defer { try? store.close() }
+        var report = try inspect(store).report
         guard repair, report.problems.contains(where: { $0.repairable }) else { return report }
-        let repairs = try fix(file)
-        try file.sync()
-        report = try inspect(file).report
+        let repairs = try fix(store)
+        try store.flush()
+        report = try inspect(store).report
         report.repairs = repairs
         return report
     }
@@ -26,30 +27,30 @@ extension VHDFormat: CheckableFormat {
         var pastEnd: [Int] = []
     }
 
-    private static func inspect(_ file: BlockFile) throws -> Findings {
-        let path = file.path.string
+    private static func inspect(_ store: any ByteStore) throws -> Findings {
+        let path = store.path.string
         var f = Findings(report: CheckReport(path: path, format: .vhd))
         func problem(_ severity: CheckProblem.Severity, _ message: String, repairable: Bool = false) {
             f.report.problems.append(CheckProblem(severity, message, repairable: repairable))
         }
-        let size = try file.size()
+        let size = try store.size()
         guard size >= 512 else {
             problem(.error, "the file has \(size) bytes, fewer than one 512-byte footer")
             return f
         }
         var endReason = ""
         do {
-            let found = try findFooter(file, size: size)
+            let found = try findFooter(store, size: size)
             if found.source != "copy at offset 0" { f.endFooter = found.footer; f.endOffset = found.offset }
         } catch let e as DiskError { endReason = "\(e)" }
         if f.endFooter == nil, endReason.isEmpty {
             do {
-                _ = try VHDFooter(try file.read(count: 512, at: size - 512), path: path, where: "at the end of the file (offset \(size - 512))")
+                _ = try VHDFooter(try store.read(count: 512, at: size - 512), path: path, where: "at the end of the file (offset \(size - 512))")
             } catch let e as DiskError {
                 if case .corrupt(_, let reason) = e { endReason = reason } else { endReason = "\(e)" }
             }
         }
-        f.copyFooter = try? VHDFooter(try file.read(count: 512, at: 0), path: path, where: "at offset 0")
+        f.copyFooter = try? VHDFooter(try store.read(count: 512, at: 0), path: path, where: "at offset 0")
         guard let footer = f.endFooter ?? f.copyFooter, footer.diskKind != .fixed || f.endFooter != nil else {
             problem(.error, "no valid footer: \(endReason.isEmpty ? "none at the end of the file" : endReason)")
             return f
@@ -73,7 +74,7 @@ extension VHDFormat: CheckableFormat {
             guard footer.dataOffset < size, footer.dataOffset + 1024 <= size else {
                 throw DiskError.truncated(path: path, needed: footer.dataOffset &+ 1024, actual: size)
             }
-            header = try VHDDynamicHeader(try file.read(count: 1024, at: footer.dataOffset), path: path, at: footer.dataOffset)
+            header = try VHDDynamicHeader(try store.read(count: 1024, at: footer.dataOffset), path: path, at: footer.dataOffset)
         } catch let e as DiskError {
             problem(.error, "dynamic disk header: \(e)")
             return f
@@ -87,7 +88,7 @@ extension VHDFormat: CheckableFormat {
         if UInt64(header.maxTableEntries) * UInt64(header.blockSize) < footer.sizeRule.size {
             problem(.error, "the BAT's \(header.maxTableEntries) entries cover less than the virtual size \(footer.sizeRule.size)")
         }
-        let raw = try file.read(count: Int(header.maxTableEntries) * 4, at: header.tableOffset)
+        let raw = try store.read(count: Int(header.maxTableEntries) * 4, at: header.tableOffset)
         f.bat = (0..<Int(header.maxTableEntries)).map { VHDBytes.u32(raw, $0 * 4) }
         // Metadata regions blocks must not overlap.
         var metadata: [(String, Range<UInt64>)] = [
@@ -136,8 +137,8 @@ extension VHDFormat: CheckableFormat {
     }
 
     /// Applies the safe repairs and says what it did.
-    private static func fix(_ file: BlockFile) throws -> [String] {
-        let f = try inspect(file)
+    private static func fix(_ store: any ByteStore) throws -> [String] {
+        let f = try inspect(store)
         var repairs: [String] = []
         guard let footer = f.endFooter ?? f.copyFooter, let header = f.header else { return repairs }
         var bat = f.bat
@@ -145,23 +146,23 @@ extension VHDFormat: CheckableFormat {
             for i in f.pastEnd { bat[i] = VHDImage.unused }
             var bytes = [UInt8](repeating: 0, count: bat.count * 4)
             for (i, e) in bat.enumerated() { VHDBytes.put32(&bytes, i * 4, e) }
-            try file.write(bytes, at: header.tableOffset)
-            try file.sync()
+            try store.write(bytes, at: header.tableOffset)
+            try store.flush()
             repairs.append("dropped \(f.pastEnd.count) BAT entr\(f.pastEnd.count == 1 ? "y" : "ies") pointing past the end of the file (\(f.pastEnd.map(String.init).joined(separator: ", "))); those blocks now read from the parent or as zeros")
         }
         if f.endFooter == nil {
-            let size = try file.size()
+            let size = try store.size()
             var end: UInt64 = max(512, footer.dataOffset + 1024, header.tableOffset + header.tableBytes)
             for l in header.locators where l.isUsed && l.dataOffset < size { end = max(end, l.dataOffset + l.spaceBytes) }
             let slot = UInt64(header.bitmapBytes) + UInt64(header.blockSize)
             for e in bat where e != VHDImage.unused { end = max(end, UInt64(e) * 512 + slot) }
             end = VHDBytes.roundUp(end, 512)
-            try file.write(footer.bytes, at: end)
-            try file.sync()
-            try file.truncate(to: end + 512)
+            try store.write(footer.bytes, at: end)
+            try store.flush()
+            try store.truncate(to: end + 512)
             repairs.append("wrote the footer at the end of the file (offset \(end)) from the copy at offset 0")
         } else if f.copyFooter == nil || f.copyFooter!.bytes != footer.bytes {
-            try file.write(footer.bytes, at: 0)
+            try store.write(footer.bytes, at: 0)
             repairs.append("restored the footer copy at offset 0 from the footer at the end")
         }
         return repairs

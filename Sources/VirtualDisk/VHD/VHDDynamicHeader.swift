@@ -1,3 +1,4 @@
+import Storage
 import struct Foundation.UUID
 
 /// One of the eight parent locator entries of a dynamic header.

@@ -1,3 +1,4 @@
+import Storage
 import struct Foundation.UUID
 
 /// The 512-byte hard disk footer that ends every VHD file (and, for dynamic and differencing images,

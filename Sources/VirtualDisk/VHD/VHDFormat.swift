@@ -1,5 +1,6 @@
 import SystemPackage
 import struct Foundation.UUID
+import Storage
 
 /// The VHD format driver: probing, opening and creating fixed, dynamic and differencing images.
 public enum VHDFormat: DiskImageFormat {
@@ -12,34 +13,34 @@ public enum VHDFormat: DiskImageFormat {
     public static let maximumSize: UInt64 = 2040 << 30
 
     /// A VHD has the "conectix" cookie at offset 0 (dynamic copy) or in its last 512 (or 511) bytes.
-    public static func probe(_ file: BlockFile) throws -> Bool {
-        let size = try file.size()
+    public static func probe(_ store: any ByteStore) throws -> Bool {
+        let size = try store.size()
         guard size >= 511 else { return false }
-        if size >= 512, VHDFooter.hasCookie(try file.read(count: 8, at: 0)) { return true }
-        if size >= 512, VHDFooter.hasCookie(try file.read(count: 8, at: size - 512)) { return true }
-        return VHDFooter.hasCookie(try file.read(count: 8, at: size - 511))
+        if size >= 512, VHDFooter.hasCookie(try store.read(count: 8, at: 0)) { return true }
+        if size >= 512, VHDFooter.hasCookie(try store.read(count: 8, at: size - 512)) { return true }
+        return VHDFooter.hasCookie(try store.read(count: 8, at: size - 511))
     }
 
-    public static func open(_ file: BlockFile) throws -> any DiskImage { try openImage(file) }
+    public static func open(_ store: any ByteStore) throws -> any DiskImage { try openImage(store) }
 
     /// Reads the structures of a VHD file without changing it.
-    static func openImage(_ file: BlockFile) throws -> VHDImage {
-        let path = file.path.string
-        let size = try file.size()
+    static func openImage(_ store: any ByteStore) throws -> VHDImage {
+        let path = store.path.string
+        let size = try store.size()
         guard size >= 512 else { throw DiskError.truncated(path: path, needed: 512, actual: size) }
-        let found = try findFooter(file, size: size)
+        let found = try findFooter(store, size: size)
         let footer = found.footer
         guard footer.diskKind != .fixed else {
             guard found.offset >= footer.currentSize else {
                 throw DiskError.truncated(path: path, needed: footer.currentSize + 512, actual: size)
             }
-            return VHDImage(file: file, footer: footer, header: nil, bat: [], footerOffset: found.offset,
+            return VHDImage(store: store, footer: footer, header: nil, bat: [], footerOffset: found.offset,
                             tailDirty: false, footerSource: found.source, locators: [])
         }
         guard footer.dataOffset % 512 == 0, footer.dataOffset < size, footer.dataOffset + 1024 <= size else {
             throw DiskError.truncated(path: path, needed: footer.dataOffset &+ 1024, actual: size)
         }
-        let header = try VHDDynamicHeader(try file.read(count: 1024, at: footer.dataOffset), path: path, at: footer.dataOffset)
+        let header = try VHDDynamicHeader(try store.read(count: 1024, at: footer.dataOffset), path: path, at: footer.dataOffset)
         let (tableEnd, overflow) = header.tableOffset.addingReportingOverflow(UInt64(header.maxTableEntries) * 4)
         guard !overflow, tableEnd <= size else {
             throw DiskError.truncated(path: path, needed: tableEnd, actual: size)
@@ -48,7 +49,7 @@ public enum VHDFormat: DiskImageFormat {
         guard UInt64(header.maxTableEntries) * UInt64(header.blockSize) >= rule.size else {
             throw DiskError.corrupt(path: path, reason: "the BAT's \(header.maxTableEntries) entries of \(header.blockSize) bytes cover less than the virtual size \(rule.size)")
         }
-        let raw = try file.read(count: Int(header.maxTableEntries) * 4, at: header.tableOffset)
+        let raw = try store.read(count: Int(header.maxTableEntries) * 4, at: header.tableOffset)
         var bat = [UInt32](repeating: VHDImage.unused, count: Int(header.maxTableEntries))
         for i in bat.indices { bat[i] = VHDBytes.u32(raw, i * 4) }
         // Blocks must lie inside the file (before the end footer, when there is one).
@@ -57,8 +58,8 @@ public enum VHDFormat: DiskImageFormat {
         for (i, e) in bat.enumerated() where e != VHDImage.unused && UInt64(e) * 512 + slot > dataEnd {
             throw DiskError.corrupt(path: path, reason: "BAT entry \(i) points to sector \(e) (offset \(UInt64(e) * 512)), whose block ends past the end of the file's data at \(dataEnd)")
         }
-        let locators = footer.diskKind == .differencing ? readLocators(file, header: header, size: size) : []
-        let image = VHDImage(file: file, footer: footer, header: header, bat: bat, footerOffset: found.offset,
+        let locators = footer.diskKind == .differencing ? readLocators(store, header: header, size: size) : []
+        let image = VHDImage(store: store, footer: footer, header: header, bat: bat, footerOffset: found.offset,
                              tailDirty: false, footerSource: found.source, locators: locators)
         if found.source == "copy at offset 0" {
             image.footerOffset = image.structuresEnd()
@@ -67,19 +68,19 @@ public enum VHDFormat: DiskImageFormat {
         return image
     }
 
-    /// The footer at the end of the file, or else (dynamic and differencing images) its copy at 0.
-    static func findFooter(_ file: BlockFile, size: UInt64) throws -> (footer: VHDFooter, offset: UInt64, source: String) {
-        let path = file.path.string
+    /// The footer at the end of the store, or else (dynamic and differencing images) its copy at 0.
+    static func findFooter(_ store: any ByteStore, size: UInt64) throws -> (footer: VHDFooter, offset: UInt64, source: String) {
+        let path = store.path.string
         var endError: DiskError
-        let end = try file.read(count: 512, at: size - 512)
+        let end = try store.read(count: 512, at: size - 512)
         do {
             return (try VHDFooter(end, path: path, where: "at the end of the file (offset \(size - 512))"), size - 512, "end")
         } catch let e as DiskError { endError = e }
-        if size % 512 == 511, VHDFooter.hasCookie(try file.read(count: 8, at: size - 511)) {
-            let old = try file.read(count: 511, at: size - 511)
+        if size % 512 == 511, VHDFooter.hasCookie(try store.read(count: 8, at: size - 511)) {
+            let old = try store.read(count: 511, at: size - 511)
             return (try VHDFooter(old, path: path, where: "at the end of the file (511-byte footer at \(size - 511))"), size - 511, "end (511-byte footer)")
         }
-        if let copy = try? VHDFooter(try file.read(count: 512, at: 0), path: path, where: "at offset 0"), copy.diskKind != .fixed {
+        if let copy = try? VHDFooter(try store.read(count: 512, at: 0), path: path, where: "at offset 0"), copy.diskKind != .fixed {
             return (copy, size, "copy at offset 0")
         }
         if case .corrupt(_, let reason) = endError, reason.hasPrefix("no VHD footer cookie") {
@@ -89,11 +90,11 @@ public enum VHDFormat: DiskImageFormat {
     }
 
     /// The parent paths a differencing image records (W2ru, W2ku, and MacX file URLs).
-    static func readLocators(_ file: BlockFile, header: VHDDynamicHeader, size: UInt64) -> [ParentLocator] {
+    static func readLocators(_ store: any ByteStore, header: VHDDynamicHeader, size: UInt64) -> [ParentLocator] {
         var out: [ParentLocator] = []
         for l in header.locators where l.isUsed {
             guard l.dataLength > 0, l.dataLength <= 64 * 1024, l.dataOffset < size, l.dataOffset + UInt64(l.dataLength) <= size,
-                  let bytes = try? file.read(count: Int(l.dataLength), at: l.dataOffset) else { continue }
+                  let bytes = try? store.read(count: Int(l.dataLength), at: l.dataOffset) else { continue }
             switch l.platformCode {
             case VHDLocatorEntry.relativeCode:
                 out.append(ParentLocator(kind: .relative, path: VHDBytes.string(utf16: bytes[...], bigEndian: false)))
@@ -109,11 +110,12 @@ public enum VHDFormat: DiskImageFormat {
         return out
     }
 
-    public static func create(at path: FilePath, options: CreateOptions, parent: (any DiskImage)?) throws -> any DiskImage {
-        try createImage(at: path, options: options, parent: parent)
+    public static func create(on store: any ByteStore, options: CreateOptions, parent: (any DiskImage)?) throws -> any DiskImage {
+        try createImage(on: store, options: options, parent: parent)
     }
 
-    static func createImage(at path: FilePath, options: CreateOptions, parent: (any DiskImage)?) throws -> VHDImage {
+    static func createImage(on store: any ByteStore, options: CreateOptions, parent: (any DiskImage)?) throws -> VHDImage {
+        let path = store.path
         if let l = options.logicalSectorSize, l != 512 {
             throw DiskError.invalidArgument("\(path.string): VHD images have 512-byte logical sectors (got \(l))")
         }
@@ -141,29 +143,20 @@ public enum VHDFormat: DiskImageFormat {
                 throw DiskError.invalidArgument("\(path.string): VHD block size \(blockSize) must be a power of two from 512 bytes to 256 MiB (default 2 MiB)")
             }
         }
-        let file = try BlockFile.create(path)
-        do {
-            let image = try write(file, size: size, type: options.type, blockSize: blockSize, parent: parent)
-            image.staged = options.staged
-            if !options.staged {
-                try file.sync()
-                try FileOps.syncDirectory(of: path)
-            }
-            if let parent { try image.attachParent(parent) }
-            return image
-        } catch {
-            try? file.close()
-            throw error
-        }
+        let image = try write(store, size: size, type: options.type, blockSize: blockSize, parent: parent)
+        image.staged = options.staged
+        if !options.staged { try store.flush() }
+        if let parent { try image.attachParent(parent) }
+        return image
     }
 
-    private static func write(_ file: BlockFile, size: UInt64, type: DiskType, blockSize: Int, parent: (any DiskImage)?) throws -> VHDImage {
+    private static func write(_ store: any ByteStore, size: UInt64, type: DiskType, blockSize: Int, parent: (any DiskImage)?) throws -> VHDImage {
         if type == .fixed {
             let footer = VHDFooter(kind: .fixed, size: size, dataOffset: VHDFooter.noDataOffset)
-            try file.truncate(to: size + 512)
-            try file.preallocate(at: 0, length: size + 512)
-            try file.write(footer.bytes, at: size)
-            return VHDImage(file: file, footer: footer, header: nil, bat: [], footerOffset: size, tailDirty: false,
+            try store.truncate(to: size + 512)
+            try store.preallocate(at: 0, length: size + 512)
+            try store.write(footer.bytes, at: size)
+            return VHDImage(store: store, footer: footer, header: nil, bat: [], footerOffset: size, tailDirty: false,
                             footerSource: "end", locators: [])
         }
         let entries = (size + UInt64(blockSize) - 1) / UInt64(blockSize)
@@ -177,7 +170,7 @@ public enum VHDFormat: DiskImageFormat {
             header.parentTimestamp = (parent as? VHDImage)?.footer.timestamp ?? VHDBytes.timestamp()
             let absolute = FileOps.absolute(parent.path).string
             header.parentName = absolute.utf16.count < 256 ? absolute : (parent.path.lastComponent?.string ?? "")
-            locators = ParentLocator.locators(child: file.path, parent: parent.path)
+            locators = ParentLocator.locators(child: store.path, parent: parent.path)
             for (i, l) in locators.enumerated() {
                 let bytes = VHDBytes.utf16(l.path, bigEndian: false)
                 let space = VHDBytes.roundUp(UInt64(max(bytes.count, 1)), 512)
@@ -189,16 +182,16 @@ public enum VHDFormat: DiskImageFormat {
         }
         footer.dataOffset = 512
         let batBytes = [UInt8](repeating: 0xFF, count: Int(header.tableBytes))
-        try file.write(footer.bytes, at: 0)
-        try file.write(header.bytes, at: 512)
-        try file.write(batBytes, at: header.tableOffset)
+        try store.write(footer.bytes, at: 0)
+        try store.write(header.bytes, at: 512)
+        try store.write(batBytes, at: header.tableOffset)
         for (offset, bytes) in locatorData {
             var padded = bytes
             padded += [UInt8](repeating: 0, count: Int(VHDBytes.roundUp(UInt64(max(bytes.count, 1)), 512)) - bytes.count)
-            try file.write(padded, at: offset)
+            try store.write(padded, at: offset)
         }
-        try file.write(footer.bytes, at: next)
-        return VHDImage(file: file, footer: footer, header: header, bat: [UInt32](repeating: VHDImage.unused, count: Int(entries)),
+        try store.write(footer.bytes, at: next)
+        return VHDImage(store: store, footer: footer, header: header, bat: [UInt32](repeating: VHDImage.unused, count: Int(entries)),
                         footerOffset: next, tailDirty: false, footerSource: "end", locators: locators)
     }
 }

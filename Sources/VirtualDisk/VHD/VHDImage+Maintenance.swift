@@ -1,3 +1,4 @@
+import Storage
 import SystemPackage
 
 /// Resize, reparent and compact. Each change is ordered so that a crash at any point leaves a
@@ -13,11 +14,11 @@ extension VHDImage {
         guard newSize >= virtualSize else {
             throw DiskError.unsupported(path: path.string, reason: "shrinking a VHD (from \(virtualSize) to \(newSize) bytes) is not supported")
         }
-        guard file.isWritable else { throw DiskError.readOnly(path: path.string) }
+        guard store.isWritable else { throw StorageError.readOnly(path: path.string) }
         guard newSize != virtualSize else {
             // Already this size. A resize killed between its two footer writes leaves the copy at 0
             // stale: a re-run completes it.
-            if header != nil, try file.read(count: 512, at: 0) != footer.bytes { try writeFooters(footer) }
+            if header != nil, try store.read(count: 512, at: 0) != footer.bytes { try writeFooters(footer) }
             return
         }
         try flush()
@@ -37,8 +38,8 @@ extension VHDImage {
             let newEnd = header.tableOffset + UInt64(entries) * 4
             if newEnd <= nextStructure(after: header.tableOffset) {
                 // Room behind the table: mark the new entries unused, then let the header count them.
-                try file.write([UInt8](repeating: 0xFF, count: Int(newEnd - oldEnd)), at: oldEnd)
-                try file.sync()
+                try store.write([UInt8](repeating: 0xFF, count: Int(newEnd - oldEnd)), at: oldEnd)
+                try store.flush()
             } else {
                 // Data follows the table: write a larger copy at the end, then point the header at it.
                 try cleanTail()
@@ -46,15 +47,15 @@ extension VHDImage {
                 let tableBytes = VHDBytes.roundUp(UInt64(entries) * 4, 512)
                 var bytes = [UInt8](repeating: 0xFF, count: Int(tableBytes))
                 for (i, e) in bat.enumerated() { VHDBytes.put32(&bytes, i * 4, e) }
-                try file.write(bytes, at: tableOffset)
-                try file.write(footer.bytes, at: tableOffset + tableBytes)
+                try store.write(bytes, at: tableOffset)
+                try store.write(footer.bytes, at: tableOffset + tableBytes)
                 footerOffset = tableOffset + tableBytes
-                try file.sync()
+                try store.flush()
                 header.tableOffset = tableOffset
             }
             header.maxTableEntries = entries
-            try file.write(header.bytes, at: footer.dataOffset)
-            try file.sync()
+            try store.write(header.bytes, at: footer.dataOffset)
+            try store.flush()
             self.header = header
             bat += [UInt32](repeating: Self.unused, count: Int(entries) - bat.count)
         }
@@ -64,12 +65,12 @@ extension VHDImage {
     private func resizeFixed(to newSize: UInt64, footer newFooter: VHDFooter) throws {
         let oldSize = footerOffset
         // 1. A copy of the old footer at the new end: the image still reads as the old size.
-        try file.write(footer.bytes, at: newSize)
-        try file.preallocate(at: oldSize, length: newSize + 512 - oldSize)
-        try file.sync()
+        try store.write(footer.bytes, at: newSize)
+        try store.preallocate(at: oldSize, length: newSize + 512 - oldSize)
+        try store.flush()
         // 2. Zeros where the old footer was (new space reads as zeros).
-        try file.writeZeros(count: 512, at: oldSize)
-        try file.sync()
+        try store.writeZeros(count: 512, at: oldSize)
+        try store.flush()
         footerOffset = newSize
         // 3. The footer with the new size.
         try writeFooters(newFooter)
@@ -77,11 +78,11 @@ extension VHDImage {
 
     /// Writes the end footer (and, for dynamic images, the copy at 0) and adopts it.
     func writeFooters(_ newFooter: VHDFooter) throws {
-        try file.write(newFooter.bytes, at: footerOffset)
-        try file.sync()
+        try store.write(newFooter.bytes, at: footerOffset)
+        try store.flush()
         if header != nil {
-            try file.write(newFooter.bytes, at: 0)
-            try file.sync()
+            try store.write(newFooter.bytes, at: 0)
+            try store.flush()
         }
         footer = newFooter
         footerSource = "end"
@@ -107,7 +108,7 @@ extension VHDImage {
         guard isDifferencing, var header else {
             throw DiskError.unsupported(path: path.string, reason: "only a differencing VHD has a parent (this one is \(type.rawValue))")
         }
-        guard file.isWritable else { throw DiskError.readOnly(path: path.string) }
+        guard store.isWritable else { throw StorageError.readOnly(path: path.string) }
         let usable = link.locators.filter { $0.kind != .volume }.prefix(8)
         try flush()
         try cleanTail()
@@ -119,34 +120,34 @@ extension VHDImage {
             entries[i] = VHDLocatorEntry(platformCode: l.kind == .relative ? VHDLocatorEntry.relativeCode : VHDLocatorEntry.absoluteCode,
                                          dataSpace: UInt32(space), dataLength: UInt32(bytes.count), dataOffset: next)
             bytes += [UInt8](repeating: 0, count: Int(space) - bytes.count)
-            try file.write(bytes, at: next)
+            try store.write(bytes, at: next)
             next += space
         }
-        try file.write(footer.bytes, at: next)
+        try store.write(footer.bytes, at: next)
         footerOffset = next
-        try file.sync()
+        try store.flush()
         header.parentID = link.expectedID
         header.locators = entries
         let name = usable.first { $0.kind == .absolute }?.path ?? usable.first?.path ?? ""
         header.parentName = name.utf16.count < 256 ? name : String(name.split(separator: "/").last ?? "")
-        try file.write(header.bytes, at: footer.dataOffset)
-        try file.sync()
+        try store.write(header.bytes, at: footer.dataOffset)
+        try store.flush()
         self.header = header
         locatorPaths = Array(usable)
     }
 
     /// Releases blocks that read as zeros (in a differencing image only where the parent reads zeros
-    /// too), moves the last blocks into the holes, and shortens the file. Returns the bytes reclaimed.
-    public func compact(progress: ProgressHandler?) throws -> UInt64 {
+    /// too), moves the last blocks into the holes, and shortens the store. Returns the bytes reclaimed.
+    public func compact(progress: ProgressReporter?) throws -> UInt64 {
         guard let header else {
             throw DiskError.unsupported(path: path.string, reason: "a fixed VHD stores every block; convert it to a dynamic VHD to compact it")
         }
-        guard file.isWritable else { throw DiskError.readOnly(path: path.string) }
+        guard store.isWritable else { throw StorageError.readOnly(path: path.string) }
         if isDifferencing, parent == nil {
             throw DiskError.unsupported(path: path.string, reason: "compacting a differencing VHD needs its parent chain open (to see what the parent reads)")
         }
         try flush()
-        let before = try file.allocatedBytes()
+        let before = try store.allocatedBytes()
         let bs = Int(header.blockSize)
         let slot = UInt64(bitmapBytes) + UInt64(bs)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bs, alignment: 4096)
@@ -154,14 +155,14 @@ extension VHDImage {
         var released: [Int] = []
         for index in bat.indices where bat[index] != Self.unused {
             let start = UInt64(index) * UInt64(bs)
-            progress?(min(start, virtualSize), virtualSize)
+            progress?.report(min(start, virtualSize), of: virtualSize)
             let end = min(start + UInt64(bs), virtualSize)
             guard start < end else { continue }
             var zero = true
             for e in try extents(in: start..<end) {
                 guard case .data(let fileOffset) = e.kind else { continue }
                 let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<e.range.count])
-                try file.read(into: slice, at: fileOffset)
+                try store.read(into: slice, at: fileOffset)
                 if !slice.allSatisfy({ $0 == 0 }) { zero = false; break }
                 if isDifferencing {
                     try readBelow(into: slice, at: e.range.lowerBound)
@@ -170,12 +171,12 @@ extension VHDImage {
             }
             if zero { released.append(index) }
         }
-        progress?(virtualSize, virtualSize)
+        progress?.report(virtualSize, of: virtualSize)
         guard !released.isEmpty else { return 0 }
         var free = released.map { UInt64(bat[$0]) * 512 }
         for index in released { bat[index] = Self.unused }
         try writeTable()
-        try file.sync()
+        try store.flush()
         // Move the last blocks into the holes (copy, make durable, then repoint the entry).
         free.sort()
         var live = bat.indices.filter { bat[$0] != Self.unused }.sorted { bat[$0] > bat[$1] }
@@ -183,11 +184,11 @@ extension VHDImage {
         defer { copyBuffer.deallocate() }
         while let hole = free.first, let last = live.first, hole < UInt64(bat[last]) * 512 {
             let from = UInt64(bat[last]) * 512
-            try file.copy(from: file, sourceOffset: from, to: hole, length: slot, buffer: copyBuffer)
-            try file.sync()
+            try store.copyRange(from: store, sourceOffset: from, to: hole, length: slot, buffer: copyBuffer)
+            try store.flush()
             bat[last] = UInt32(hole / 512)
             try writeTable(entries: last...last)
-            try file.sync()
+            try store.flush()
             free.removeFirst()
             free.append(from)
             free.sort()
@@ -196,14 +197,14 @@ extension VHDImage {
         dropCaches()
         let end = structuresEnd()
         if end < footerOffset {
-            try file.write(footer.bytes, at: end)
-            try file.sync()
-            try file.truncate(to: end + 512)
+            try store.write(footer.bytes, at: end)
+            try store.flush()
+            try store.truncate(to: end + 512)
             footerOffset = end
         }
-        for hole in free where hole + slot <= footerOffset { try file.punchHole(at: hole, length: slot) }
-        try file.sync()
-        let after = try file.allocatedBytes()
+        for hole in free where hole + slot <= footerOffset { try store.punchHole(at: hole, length: slot) }
+        try store.flush()
+        let after = try store.allocatedBytes()
         return before > after ? before - after : 0
     }
 
@@ -214,6 +215,6 @@ extension VHDImage {
         let lo = range.lowerBound / 128 * 128, hi = min(bat.count, (range.upperBound / 128 + 1) * 128)
         var bytes = [UInt8](repeating: 0xFF, count: (hi - lo) * 4)
         for i in lo..<hi { VHDBytes.put32(&bytes, (i - lo) * 4, bat[i]) }
-        try file.write(bytes, at: header.tableOffset + UInt64(lo) * 4)
+        try store.write(bytes, at: header.tableOffset + UInt64(lo) * 4)
     }
 }

@@ -1,5 +1,6 @@
 import SystemPackage
 import struct Foundation.UUID
+import Storage
 
 /// An open VHD image level: fixed, dynamic or differencing (Microsoft "Virtual Hard Disk Image Format
 /// Specification").
@@ -10,7 +11,7 @@ import struct Foundation.UUID
 /// crash leaves either the old image or the new one, never a BAT entry pointing at lost data. An image
 /// whose end footer is missing (a crash while a block was appended) opens from the footer copy at 0.
 public final class VHDImage: MaintainableImage {
-    public let file: BlockFile
+    public let store: any ByteStore
     var footer: VHDFooter
     var header: VHDDynamicHeader?
     /// Sector offsets of the blocks; `unused` where a block is not allocated.
@@ -35,9 +36,9 @@ public final class VHDImage: MaintainableImage {
     static let unused: UInt32 = 0xFFFF_FFFF
     static let commitThreshold = 64
 
-    init(file: BlockFile, footer: VHDFooter, header: VHDDynamicHeader?, bat: [UInt32], footerOffset: UInt64,
+    init(store: any ByteStore, footer: VHDFooter, header: VHDDynamicHeader?, bat: [UInt32], footerOffset: UInt64,
          tailDirty: Bool, footerSource: String, locators: [ParentLocator]) {
-        self.file = file
+        self.store = store
         self.footer = footer
         self.header = header
         self.bat = bat
@@ -51,7 +52,7 @@ public final class VHDImage: MaintainableImage {
     }
 
     deinit {
-        if file.isWritable, !dirtyEntries.isEmpty { try? commitAllocations() }
+        if store.isWritable, !dirtyEntries.isEmpty { try? commitAllocations() }
     }
 
     public var format: DiskFormat { .vhd }
@@ -164,7 +165,7 @@ public final class VHDImage: MaintainableImage {
     /// The sector bitmap of an allocated block (cached).
     func bitmap(_ index: Int) throws -> [UInt8] {
         if let cached = bitmapCache[index] { return cached }
-        let bits = try file.read(count: bitmapBytes, at: UInt64(bat[index]) * 512)
+        let bits = try store.read(count: bitmapBytes, at: UInt64(bat[index]) * 512)
         if bitmapCache.count >= 4096 { bitmapCache.removeAll(keepingCapacity: true) }
         bitmapCache[index] = bits
         return bits
@@ -174,13 +175,13 @@ public final class VHDImage: MaintainableImage {
 
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
         try checkRange(offset: offset, length: buffer.count)
-        guard file.isWritable else { throw DiskError.readOnly(path: path.string) }
+        guard store.isWritable else { throw StorageError.readOnly(path: path.string) }
         guard !buffer.isEmpty else { return }
         guard let header else {
             guard offset + UInt64(buffer.count) <= fixedDataSize else {
                 throw DiskError.corrupt(path: path.string, reason: "the fixed image's data area ends at \(fixedDataSize), before the virtual size \(virtualSize)")
             }
-            try file.write(buffer, at: offset)
+            try store.write(buffer, at: offset)
             return
         }
         let bs = UInt64(header.blockSize)
@@ -205,11 +206,11 @@ public final class VHDImage: MaintainableImage {
         let allocated = bat[index] != Self.unused
         if !isDifferencing {
             if allocated {
-                try file.write(piece, at: UInt64(bat[index]) * 512 + UInt64(bitmapBytes) + UInt64(start))
+                try store.write(piece, at: UInt64(bat[index]) * 512 + UInt64(bitmapBytes) + UInt64(start))
             } else if !piece.allSatisfy({ $0 == 0 }) {
                 // All bitmap bits set (as qemu and Hyper-V do): the whole block is defined here.
                 let blockOffset = try appendBlock(bitmap: [UInt8](repeating: 0xFF, count: bitmapBytes))
-                try file.write(piece, at: blockOffset + UInt64(bitmapBytes) + UInt64(start))
+                try store.write(piece, at: blockOffset + UInt64(bitmapBytes) + UInt64(start))
                 bat[index] = UInt32(blockOffset / 512)
                 dirtyEntries.insert(index)
             }
@@ -226,7 +227,7 @@ public final class VHDImage: MaintainableImage {
         let blockOffset = allocated ? UInt64(bat[index]) * 512 : try appendBlock(bitmap: bitmap)
         let dataStart = blockOffset + UInt64(bitmapBytes)
         if alignedStart == start, alignedEnd == end {
-            try file.write(piece, at: dataStart + UInt64(start))
+            try store.write(piece, at: dataStart + UInt64(start))
         } else {
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: alignedEnd - alignedStart, alignment: 4096)
             defer { buffer.deallocate() }
@@ -241,7 +242,7 @@ public final class VHDImage: MaintainableImage {
                     while e < last, Self.bit(bitmap, e) == present { e += 1 }
                     let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[(s * 512 - alignedStart)..<(e * 512 - alignedStart)])
                     if present {
-                        try file.read(into: slice, at: dataStart + UInt64(s * 512))
+                        try store.read(into: slice, at: dataStart + UInt64(s * 512))
                     } else {
                         try readBelow(into: slice, at: blockVirtual + UInt64(s * 512))
                     }
@@ -251,18 +252,18 @@ public final class VHDImage: MaintainableImage {
             if start > alignedStart { try fill(alignedStart, start) }
             if end < alignedEnd { try fill(max(end / 512 * 512, start > alignedStart ? (start + 511) / 512 * 512 : alignedStart), alignedEnd) }
             UnsafeMutableRawBufferPointer(rebasing: buffer[(start - alignedStart)...]).copyMemory(from: piece)
-            try file.write(UnsafeRawBufferPointer(buffer), at: dataStart + UInt64(alignedStart))
+            try store.write(UnsafeRawBufferPointer(buffer), at: dataStart + UInt64(alignedStart))
         }
         let before = bitmap
         Self.setBits(&bitmap, (alignedStart / 512)...((alignedEnd - 1) / 512))
         if !allocated {
-            try file.write(bitmap, at: blockOffset)
+            try store.write(bitmap, at: blockOffset)
             bat[index] = UInt32(blockOffset / 512)
             dirtyEntries.insert(index)
         } else if bitmap != before {
             // Only the bitmap sectors that changed.
             let lo = alignedStart / 512 / 8 / 512 * 512, hi = min(bitmapBytes, ((alignedEnd - 1) / 512 / 8 / 512 + 1) * 512)
-            try bitmap[lo..<hi].withUnsafeBytes { try file.write($0, at: blockOffset + UInt64(lo)) }
+            try bitmap[lo..<hi].withUnsafeBytes { try store.write($0, at: blockOffset + UInt64(lo)) }
         }
         bitmapCache[index] = bitmap
     }
@@ -289,8 +290,8 @@ public final class VHDImage: MaintainableImage {
             throw DiskError.unsupported(path: path.string, reason: "the file would grow past the 2 TiB a VHD BAT can address")
         }
         try cleanTail()
-        try file.write(bitmap, at: blockOffset)
-        try file.write(footer.bytes, at: newFooter)
+        try store.write(bitmap, at: blockOffset)
+        try store.write(footer.bytes, at: newFooter)
         footerOffset = newFooter
         return blockOffset
     }
@@ -299,27 +300,27 @@ public final class VHDImage: MaintainableImage {
     /// a footer; it is readable through the footer copy at offset 0).
     func cleanTail() throws {
         guard tailDirty else { return }
-        if try file.size() > footerOffset { try file.truncate(to: footerOffset) }
+        if try store.size() > footerOffset { try store.truncate(to: footerOffset) }
         tailDirty = false
     }
 
     /// Makes appended blocks durable, then records them in the on-disk BAT.
     func commitAllocations() throws {
         guard !dirtyEntries.isEmpty, header != nil else { return }
-        if !staged { try file.sync() }
+        if !staged { try store.flush() }
         try writeTable(entries: dirtyEntries.min()!...dirtyEntries.max()!)
         dirtyEntries.removeAll()
     }
 
     public func flush() throws {
-        guard file.isWritable else { return }
+        guard store.isWritable else { return }
         try commitAllocations()
-        try file.sync()
+        try store.flush()
     }
 
     public func close() throws {
-        if file.isWritable { try flush() }
-        try file.close()
+        if store.isWritable { try flush() }
+        try store.close()
     }
 
     /// Forgets cached bitmaps (after the file changed under them).
@@ -329,7 +330,7 @@ public final class VHDImage: MaintainableImage {
     func structuresEnd() -> UInt64 {
         guard let header else { return footerOffset }
         var end = max(512, footer.dataOffset + UInt64(VHDDynamicHeader.size), header.tableOffset + header.tableBytes)
-        let fileSize = (try? file.size()) ?? 0
+        let fileSize = (try? store.size()) ?? 0
         for l in header.locators where l.isUsed && l.dataOffset < fileSize { end = max(end, l.dataOffset + l.spaceBytes) }
         let slot = UInt64(bitmapBytes) + UInt64(header.blockSize)
         for e in bat where e != Self.unused { end = max(end, UInt64(e) * 512 + slot) }

@@ -1,3 +1,4 @@
+import Storage
 /// Payload block states (the low three bits of a payload BAT entry).
 enum VHDXBlockState: UInt8 {
     case notPresent = 0, undefined = 1, zero = 2, unmapped = 3, fullyPresent = 6, partiallyPresent = 7

@@ -1,3 +1,4 @@
+import Storage
 import struct Foundation.UUID
 
 /// Little-endian field access on byte arrays (every VHDX field is little-endian).

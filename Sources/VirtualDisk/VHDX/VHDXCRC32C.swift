@@ -1,3 +1,4 @@
+import Storage
 /// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), the checksum of every VHDX structure.
 enum CRC32C {
     /// Eight 256-entry tables for slicing-by-8.

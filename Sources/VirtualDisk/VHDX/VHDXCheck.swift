@@ -1,4 +1,5 @@
 import SystemPackage
+import Storage
 
 extension VHDXFormat {
     /// Checks headers, region tables, the log, metadata and the BAT. With `repair`: rewrites a bad header
@@ -17,14 +18,14 @@ extension VHDXFormat {
         func problem(_ severity: CheckProblem.Severity, _ message: String, repairable: Bool = false) {
             report.problems.append(CheckProblem(severity, message, repairable: repairable))
         }
-        let file = try BlockFile.open(path, writable: false)
-        defer { try? file.close() }
-        let size = try file.size()
-        guard size >= VHDXSize.mib, VHDXFileIdentifier.decode(try file.read(count: 520, at: 0)) != nil else {
+        let store = try BlockFile.open(path, writable: false)
+        defer { try? store.close() }
+        let size = try store.size()
+        guard size >= VHDXSize.mib, VHDXFileIdentifier.decode(try store.read(count: 520, at: 0)) != nil else {
             problem(.error, "no VHDX file identifier (\"vhdxfile\") at offset 0, or the file is shorter than the 1 MiB header section")
             return report
         }
-        let raw = try VHDXHeader.offsets.map { try file.read(count: VHDXHeader.size, at: $0) }
+        let raw = try VHDXHeader.offsets.map { try store.read(count: VHDXHeader.size, at: $0) }
         let decoded = raw.map { VHDXHeader.decode($0) }
         for i in 0..<2 {
             if case let .failure(fault) = decoded[i] {
@@ -44,7 +45,7 @@ extension VHDXFormat {
                 problem(.error, "the log (\(header.logOffset)..<\(end)) lies past the end of the file (\(size) bytes)")
                 return report
             }
-            let log = try file.read(count: Int(header.logLength), at: header.logOffset)
+            let log = try store.read(count: Int(header.logLength), at: header.logOffset)
             for (offset, reason) in VHDXLogSequence.damagedEntries(log: log, guid: header.logGuid) {
                 problem(.warning, "log entry at log offset \(offset) is damaged (\(reason)); replay ignores it")
             }
@@ -55,7 +56,7 @@ extension VHDXFormat {
                 return report
             }
         }
-        let tables = try VHDXRegionTable.offsets.map { VHDXRegionTable.decode(try file.read(count: VHDXRegionTable.size, at: $0)) }
+        let tables = try VHDXRegionTable.offsets.map { VHDXRegionTable.decode(try store.read(count: VHDXRegionTable.size, at: $0)) }
         for i in 0..<2 {
             if case let .failure(fault) = tables[i] {
                 let otherOK = (try? tables[1 - i].get()) != nil
@@ -67,7 +68,7 @@ extension VHDXFormat {
         }
         // Everything else (region meaning, metadata, BAT) is what opening validates (read-only: never writes).
         do {
-            let image = try VHDXImage(file: try BlockFile.open(path, writable: false))
+            let image = try VHDXImage(store: try BlockFile.open(path, writable: false))
             try image.close()
         } catch {
             problem(.error, "\(error)")
@@ -78,34 +79,34 @@ extension VHDXFormat {
     static func performRepairs(_ path: FilePath) throws -> [String] {
         var repairs: [String] = []
         do {
-            let file = try BlockFile.open(path, writable: true)
-            defer { try? file.close() }
-            let raw = try VHDXHeader.offsets.map { try file.read(count: VHDXHeader.size, at: $0) }
+            let store = try BlockFile.open(path, writable: true)
+            defer { try? store.close() }
+            let raw = try VHDXHeader.offsets.map { try store.read(count: VHDXHeader.size, at: $0) }
             let decoded = raw.map { VHDXHeader.decode($0) }
             for i in 0..<2 {
                 if case .failure = decoded[i], case .success = decoded[1 - i] {
-                    try file.write(raw[1 - i], at: VHDXHeader.offsets[i])
-                    try file.sync()
+                    try store.write(raw[1 - i], at: VHDXHeader.offsets[i])
+                    try store.flush()
                     repairs.append("rewrote header \(i + 1) from header \(2 - i)")
                 }
             }
-            let pair = try VHDXHeaderPair.select(try VHDXHeader.offsets.map { try file.read(count: VHDXHeader.size, at: $0) }, path: path.string)
+            let pair = try VHDXHeaderPair.select(try VHDXHeader.offsets.map { try store.read(count: VHDXHeader.size, at: $0) }, path: path.string)
             if !pair.current.isLogDirty {
-                let tables = try VHDXRegionTable.offsets.map { try file.read(count: VHDXRegionTable.size, at: $0) }
+                let tables = try VHDXRegionTable.offsets.map { try store.read(count: VHDXRegionTable.size, at: $0) }
                 for i in 0..<2 {
                     if case .failure = VHDXRegionTable.decode(tables[i]), case .success = VHDXRegionTable.decode(tables[1 - i]) {
-                        try file.write(tables[1 - i], at: VHDXRegionTable.offsets[i])
-                        try file.sync()
+                        try store.write(tables[1 - i], at: VHDXRegionTable.offsets[i])
+                        try store.flush()
                         repairs.append("rewrote region table \(i + 1) from region table \(2 - i)")
                     }
                 }
             }
         }
-        let file = try BlockFile.open(path, writable: false)
-        let pair = try VHDXHeaderPair.select(try VHDXHeader.offsets.map { try file.read(count: VHDXHeader.size, at: $0) }, path: path.string)
-        try file.close()
+        let store = try BlockFile.open(path, writable: false)
+        let pair = try VHDXHeaderPair.select(try VHDXHeader.offsets.map { try store.read(count: VHDXHeader.size, at: $0) }, path: path.string)
+        try store.close()
         if pair.current.isLogDirty {
-            let image = try VHDXImage(file: try BlockFile.open(path, writable: true))
+            let image = try VHDXImage(store: try BlockFile.open(path, writable: true))
             try image.close()
             repairs.append("replayed the log into the file and cleared the LogGuid")
         }

@@ -1,5 +1,6 @@
 import SystemPackage
 import struct Foundation.UUID
+import Storage
 
 /// The VHDX format driver (MS-VHDX): probing, opening, creating and checking.
 public enum VHDXFormat: DiskImageFormat, CheckableFormat {
@@ -11,14 +12,15 @@ public enum VHDXFormat: DiskImageFormat, CheckableFormat {
     public static let differencingBlockSize = 2 << 20
     static let creatorName = "Bulwark"
 
-    public static func probe(_ file: BlockFile) throws -> Bool {
-        guard try file.size() >= 8 else { return false }
-        return try file.read(count: 8, at: 0).hasSignature(VHDXFileIdentifier.signature)
+    public static func probe(_ store: any ByteStore) throws -> Bool {
+        guard try store.size() >= 8 else { return false }
+        return try store.read(count: 8, at: 0).hasSignature(VHDXFileIdentifier.signature)
     }
 
-    public static func open(_ file: BlockFile) throws -> any DiskImage { try VHDXImage(file: file) }
+    public static func open(_ store: any ByteStore) throws -> any DiskImage { try VHDXImage(store: store) }
 
-    public static func create(at path: FilePath, options: CreateOptions, parent: (any DiskImage)?) throws -> any DiskImage {
+    public static func create(on store: any ByteStore, options: CreateOptions, parent: (any DiskImage)?) throws -> any DiskImage {
+        let path = store.path
         let differencing = options.type == .differencing
         if differencing, parent == nil {
             throw DiskError.invalidArgument("\(path.string): a differencing image needs a parent")
@@ -64,18 +66,17 @@ public enum VHDXFormat: DiskImageFormat, CheckableFormat {
         let dataStart = batOffset + batLength
         let end = options.type == .fixed ? dataStart + geometry.payloadBlocks * UInt64(blockSize) : dataStart
 
-        let file = try BlockFile.create(path)
         do {
-            try file.truncate(to: end)
-            try file.write(VHDXFileIdentifier(creator: creatorName).encode(), at: 0)
+            try store.truncate(to: end)
+            try store.write(VHDXFileIdentifier(creator: creatorName).encode(), at: 0)
             let regions = VHDXRegionTable(entries: [
                 .init(guid: VHDXRegionTable.bat, fileOffset: batOffset, length: UInt32(batLength), required: true),
                 .init(guid: VHDXRegionTable.metadata, fileOffset: metadataOffset, length: UInt32(mib), required: true),
             ]).encode()
-            for o in VHDXRegionTable.offsets { try file.write(regions, at: o) }
-            try file.write(meta.encode(), at: metadataOffset)
+            for o in VHDXRegionTable.offsets { try store.write(regions, at: o) }
+            try store.write(meta.encode(), at: metadataOffset)
             if options.type == .fixed {
-                try file.preallocate(at: dataStart, length: end - dataStart)
+                try store.preallocate(at: dataStart, length: end - dataStart)
                 var entries = [UInt64](repeating: 0, count: Int(geometry.reservedEntryCount))
                 for block in 0..<geometry.payloadBlocks {
                     entries[geometry.payloadIndex(block)] = VHDXBATEntry(state: VHDXBlockState.fullyPresent.rawValue,
@@ -83,23 +84,17 @@ public enum VHDXFormat: DiskImageFormat, CheckableFormat {
                 }
                 var bytes = [UInt8](repeating: 0, count: entries.count * 8)
                 for (i, e) in entries.enumerated() where e != 0 { bytes.setLE64(i * 8, e) }
-                try file.write(bytes, at: batOffset)
+                try store.write(bytes, at: batOffset)
             }
             var header = VHDXHeader(sequenceNumber: 0, fileWriteGuid: UUID(), dataWriteGuid: UUID(), logGuid: VHDXGUID.zero,
                                     logLength: UInt32(logLength), logOffset: logOffset)
-            try file.write(header.encode(), at: VHDXHeader.offsets[0])
+            try store.write(header.encode(), at: VHDXHeader.offsets[0])
             header.sequenceNumber = 1
-            try file.write(header.encode(), at: VHDXHeader.offsets[1])
-            if !options.staged {
-                try file.sync()
-                try FileOps.syncDirectory(of: path)
-            }
-            let image = try VHDXImage(file: file, staged: options.staged)
+            try store.write(header.encode(), at: VHDXHeader.offsets[1])
+            if !options.staged { try store.flush() }
+            let image = try VHDXImage(store: store, staged: options.staged)
             if let parent, differencing { try image.attachParent(parent) }
             return image
-        } catch {
-            try? file.close()
-            throw error
         }
     }
 }

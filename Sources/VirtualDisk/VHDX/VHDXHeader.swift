@@ -1,3 +1,4 @@
+import Storage
 import struct Foundation.UUID
 
 /// The file type identifier at offset 0: "vhdxfile" and a UTF-16 creator string.

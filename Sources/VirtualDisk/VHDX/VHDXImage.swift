@@ -5,6 +5,7 @@ import CLinux
 import Dispatch
 import SystemPackage
 import struct Foundation.UUID
+import Storage
 
 /// One open VHDX level (MS-VHDX): fixed, dynamic or differencing.
 ///
@@ -14,11 +15,11 @@ import struct Foundation.UUID
 /// A staged image (a new file not visible until its final flush, `CreateOptions.staged`) writes its
 /// changes in place without the log and syncs once, at the flush.
 public final class VHDXImage: DiskImage, MaintainableImage {
-    public let file: BlockFile
+    public let store: any ByteStore
     public var format: DiskFormat { .vhdx }
     public private(set) var type: DiskType
     public private(set) var parent: (any DiskImage)?
-    /// Whether a log replay happened on open (into the file, or in memory for a read-only open).
+    /// Whether a log replay happened on open (into the store, or in memory for a read-only open).
     public private(set) var replayedOnOpen = false
 
     var header: VHDXHeader
@@ -109,20 +110,20 @@ public final class VHDXImage: DiskImage, MaintainableImage {
 
     // MARK: Opening
 
-    init(file: BlockFile, staged: Bool = false) throws {
-        self.file = file
-        self.staged = staged && file.isWritable
-        let path = file.path.string
+    init(store: any ByteStore, staged: Bool = false) throws {
+        self.store = store
+        self.staged = staged && store.isWritable
+        let path = store.path.string
         crashPoint = getenv("BULWARK_VHDX_CRASH_POINT").map { String(cString: $0) }
-        let size = try file.size()
+        let size = try store.size()
         guard size >= VHDXSize.mib else {
             throw DiskError.corrupt(path: path, reason: "a VHDX file is at least 1 MiB (its header section); this one has \(size) bytes")
         }
-        guard let ident = VHDXFileIdentifier.decode(try file.read(count: 520, at: 0)) else {
+        guard let ident = VHDXFileIdentifier.decode(try store.read(count: 520, at: 0)) else {
             throw DiskError.corrupt(path: path, reason: "no \"vhdxfile\" signature at offset 0")
         }
         creator = ident.creator
-        let pair = try VHDXHeaderPair.select(try VHDXHeader.offsets.map { try file.read(count: VHDXHeader.size, at: $0) }, path: path)
+        let pair = try VHDXHeaderPair.select(try VHDXHeader.offsets.map { try store.read(count: VHDXHeader.size, at: $0) }, path: path)
         try pair.validate(path: path, fileSize: size)
         header = pair.current
         headerIndex = pair.currentIndex
@@ -145,14 +146,14 @@ public final class VHDXImage: DiskImage, MaintainableImage {
         committedEnd = fileEnd
     }
 
-    /// Finds the active log sequence and replays it (into the file, or into the overlay).
+    /// Finds the active log sequence and replays it (into the store, or into the overlay).
     private func replayLog() throws {
-        let path = file.path.string
+        let path = store.path.string
         let logEnd = header.logOffset + UInt64(header.logLength)
         guard logEnd <= diskFileSize else {
             throw DiskError.truncated(path: path, needed: logEnd, actual: diskFileSize)
         }
-        let log = try file.read(count: Int(header.logLength), at: header.logOffset)
+        let log = try store.read(count: Int(header.logLength), at: header.logOffset)
         guard let sequence = VHDXLogSequence.findActive(log: log, guid: header.logGuid) else {
             throw DiskError.corrupt(path: path, reason: "the header's LogGuid \(header.logGuid.uuidString.lowercased()) says the log must be replayed, but the log holds no valid entry sequence for it")
         }
@@ -160,7 +161,7 @@ public final class VHDXImage: DiskImage, MaintainableImage {
             throw DiskError.corrupt(path: path, reason: "the file is \(diskFileSize) bytes, smaller than the \(sequence.head.flushedFileOffset) bytes the log recorded as flushed: it was truncated")
         }
         replayedOnOpen = true
-        if file.isWritable {
+        if store.isWritable {
             // The FileWriteGuid changes before any modification, log playback included; LogGuid stays.
             var h = header
             h.fileWriteGuid = UUID()
@@ -169,14 +170,14 @@ public final class VHDXImage: DiskImage, MaintainableImage {
             for entry in sequence.entries {
                 for d in entry.descriptors {
                     switch d {
-                    case let .data(offset, sector): try file.write(sector, at: offset)
-                    case let .zero(offset, length): try file.writeZeros(count: length, at: offset)
+                    case let .data(offset, sector): try store.write(sector, at: offset)
+                    case let .zero(offset, length): try store.writeZeros(count: length, at: offset)
                     }
                 }
             }
-            if try file.size() < sequence.head.lastFileOffset { try file.truncate(to: sequence.head.lastFileOffset) }
-            try file.sync()
-            diskFileSize = try file.size()
+            if try store.size() < sequence.head.lastFileOffset { try store.truncate(to: sequence.head.lastFileOffset) }
+            try store.flush()
+            diskFileSize = try store.size()
             var clean = header
             clean.logGuid = VHDXGUID.zero
             try commitHeader(clean, twice: true)
@@ -200,7 +201,7 @@ public final class VHDXImage: DiskImage, MaintainableImage {
 
     /// Reads region tables, metadata and the BAT (through the overlay).
     private func loadStructures() throws {
-        let path = file.path.string
+        let path = store.path.string
         let tables = try VHDXRegionTable.offsets.map { VHDXRegionTable.decode(try readMeta($0, VHDXRegionTable.size)) }
         var table: VHDXRegionTable
         switch (tables[0], tables[1]) {
@@ -236,9 +237,9 @@ public final class VHDXImage: DiskImage, MaintainableImage {
 
     var effectiveSize: UInt64 { max(diskFileSize, overlaySize) }
 
-    /// Refuses entries past the end of the file, overlapping ones, and states invalid for the type.
+    /// Refuses entries past the end of the store, overlapping ones, and states invalid for the type.
     private func validateBAT() throws {
-        let path = file.path.string
+        let path = store.path.string
         let size = effectiveSize
         var used: [(Range<UInt64>, String)] = [
             (0..<VHDXSize.mib, "the header section"), (batRegion.range, "the BAT region"), (metadataRegion.range, "the metadata region"),
@@ -291,7 +292,7 @@ public final class VHDXImage: DiskImage, MaintainableImage {
         var out = [UInt8](repeating: 0, count: count)
         let available = diskFileSize > offset ? min(UInt64(count), diskFileSize - offset) : 0
         if available > 0 {
-            try out.withUnsafeMutableBytes { try file.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[..<Int(available)]), at: offset) }
+            try out.withUnsafeMutableBytes { try store.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[..<Int(available)]), at: offset) }
         }
         let wanted = offset..<offset + UInt64(count)
         for zero in overlayZeros where zero.overlaps(wanted) {
@@ -400,7 +401,7 @@ public final class VHDXImage: DiskImage, MaintainableImage {
 
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
         try checkRange(offset: offset, length: buffer.count)
-        guard isWritable else { throw DiskError.readOnly(path: path.string) }
+        guard isWritable else { throw StorageError.readOnly(path: path.string) }
         guard !buffer.isEmpty else { return }
         let lss = geometry.logicalSectorSize
         let end = offset + UInt64(buffer.count)
@@ -437,13 +438,13 @@ public final class VHDXImage: DiskImage, MaintainableImage {
             let e = VHDXBATEntry(raw: bat[index])
             switch VHDXBlockState(rawValue: e.state) {
             case .fullyPresent:
-                try file.write(data, at: e.fileOffset + inBlock)
+                try store.write(data, at: e.fileOffset + inBlock)
             case .partiallyPresent:
-                try file.write(data, at: e.fileOffset + inBlock)
+                try store.write(data, at: e.fileOffset + inBlock)
                 try setBits(block: block, from: inBlock, count: n, clearFirst: false, dirtyBitmap: &dirtyBitmap, dirtyBAT: &dirtyBAT)
             default:
                 let newOffset = allocate(bs)
-                try file.write(data, at: newOffset + inBlock)
+                try store.write(data, at: newOffset + inBlock)
                 let inheritsParent = meta.hasParent && (e.state == VHDXBlockState.notPresent.rawValue || e.state == VHDXBlockState.undefined.rawValue)
                 if inheritsParent && !(inBlock == 0 && n == bs) {
                     try setBits(block: block, from: inBlock, count: n, clearFirst: true, dirtyBitmap: &dirtyBitmap, dirtyBAT: &dirtyBAT)
@@ -462,7 +463,7 @@ public final class VHDXImage: DiskImage, MaintainableImage {
         }
         if diskFileSize < fileEnd {
             // New blocks read as zeros where not written yet.
-            try file.truncate(to: fileEnd)
+            try store.truncate(to: fileEnd)
             diskFileSize = fileEnd
         }
         // BAT and bitmap changes are batched: logged together at the next flush, or once enough new
@@ -500,7 +501,7 @@ public final class VHDXImage: DiskImage, MaintainableImage {
             let n = min(bs - pos % bs, offset + count - pos)
             let e = entry(block: block)
             if e.state == VHDXBlockState.fullyPresent.rawValue || e.state == VHDXBlockState.partiallyPresent.rawValue {
-                _ = bulwark_start_writeback(file.descriptor.rawValue, Int64(e.fileOffset + pos % bs), Int64(n))
+                store.advise(.startWriteback(e.fileOffset + pos % bs..<e.fileOffset + pos % bs + n))
             }
             pos += n
         }
@@ -531,18 +532,18 @@ public final class VHDXImage: DiskImage, MaintainableImage {
             }
         }
         if pieces.count < 2 {
-            for p in pieces { try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[p.lower..<p.lower + p.count]), at: p.fileOffset) }
+            for p in pieces { try store.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[p.lower..<p.lower + p.count]), at: p.fileOffset) }
             return
         }
         let lanes = min(pieces.count, 4)
         let failure = FirstError()
-        nonisolated(unsafe) let file = self.file
+        nonisolated(unsafe) let store = self.store
         nonisolated(unsafe) let target = buffer
         let work = pieces
         DispatchQueue.concurrentPerform(iterations: lanes) { lane in
             for i in stride(from: lane, to: work.count, by: lanes) {
                 let p = work[i]
-                do { try file.read(into: UnsafeMutableRawBufferPointer(rebasing: target[p.lower..<p.lower + p.count]), at: p.fileOffset) } catch { failure.record(error) }
+                do { try store.read(into: UnsafeMutableRawBufferPointer(rebasing: target[p.lower..<p.lower + p.count]), at: p.fileOffset) } catch { failure.record(error) }
             }
         }
         if let error = failure.error { throw error }
@@ -616,16 +617,14 @@ public final class VHDXImage: DiskImage, MaintainableImage {
     /// Syncs file data (fdatasync) if anything was written since the last sync.
     func syncIfNeeded() throws {
         guard unsynced else { return }
-        guard fdatasync(file.descriptor.rawValue) == 0 else {
-            throw DiskError.io(path: path.string, operation: "fdatasync", errno: Errno(rawValue: errno))
-        }
+        try store.flushData()
         unsynced = false
     }
 
     /// Updates the header once per session before the first change: a new FileWriteGuid, and a new
     /// DataWriteGuid before the first change a reader could see.
     func beginSession(dataWrite: Bool) throws {
-        guard isWritable else { throw DiskError.readOnly(path: path.string) }
+        guard isWritable else { throw StorageError.readOnly(path: path.string) }
         guard !fileWriteUpdated || (dataWrite && !dataWriteUpdated) else { return }
         if staged {
             // The file was created in this session: its GUIDs are new already.
@@ -648,8 +647,8 @@ public final class VHDXImage: DiskImage, MaintainableImage {
             var next = h
             next.sequenceNumber = header.sequenceNumber + 1
             let slot = 1 - headerIndex
-            try file.write(next.encode(), at: VHDXHeader.offsets[slot])
-            try file.sync()
+            try store.write(next.encode(), at: VHDXHeader.offsets[slot])
+            try store.flush()
             header = next
             headerIndex = slot
         }
@@ -667,14 +666,14 @@ public final class VHDXImage: DiskImage, MaintainableImage {
         guard !changes.isEmpty || !zeros.isEmpty || flushedFileOffset != nil else { return }
         try beginSession(dataWrite: false)
         if diskFileSize < fileEnd {
-            try file.truncate(to: fileEnd)
+            try store.truncate(to: fileEnd)
             diskFileSize = fileEnd
             unsynced = true
         }
         if staged {
             // Nothing reads the file before the final flush: the changes go straight into place.
-            for (offset, length) in zeros { try file.writeZeros(count: length, at: offset) }
-            for (offset, sector) in changes { try file.write(sector, at: offset) }
+            for (offset, length) in zeros { try store.writeZeros(count: length, at: offset) }
+            for (offset, sector) in changes { try store.write(sector, at: offset) }
             unsynced = true
             return
         }
@@ -691,7 +690,7 @@ public final class VHDXImage: DiskImage, MaintainableImage {
             try syncIfNeeded()  // payload, and the previous entry's in-place writes, are stable first
             let (at, bytes) = logWriter!.next(batch, flushedFileOffset: flushedFileOffset ?? diskFileSize / VHDXSize.mib * VHDXSize.mib,
                                               lastFileOffset: max(fileEnd, flushedFileOffset ?? 0))
-            try file.write(bytes, at: at)
+            try store.write(bytes, at: at)
             unsynced = true
             try syncIfNeeded()
             logEntriesWritten += 1
@@ -705,8 +704,8 @@ public final class VHDXImage: DiskImage, MaintainableImage {
             if crashPoint == "after-log-flush" { _exit(137) }
             for d in batch {
                 switch d {
-                case let .data(offset, sector): try file.write(sector, at: offset)
-                case let .zero(offset, length): try file.writeZeros(count: length, at: offset)
+                case let .data(offset, sector): try store.write(sector, at: offset)
+                case let .zero(offset, length): try store.writeZeros(count: length, at: offset)
                 }
             }
             unsynced = true
@@ -729,7 +728,7 @@ public final class VHDXImage: DiskImage, MaintainableImage {
                 try commitHeader(h, twice: true)
             }
         }
-        try file.close()
+        try store.close()
     }
 }
 

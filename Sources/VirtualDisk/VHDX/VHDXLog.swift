@@ -1,3 +1,4 @@
+import Storage
 import struct Foundation.UUID
 
 /// One change carried by a log entry.

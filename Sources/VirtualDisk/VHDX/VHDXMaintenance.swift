@@ -1,3 +1,4 @@
+import Storage
 import SystemPackage
 import struct Foundation.UUID
 
@@ -15,7 +16,7 @@ extension VHDXImage {
     /// larger region; shrinking needs the cut-off range to hold no data. Differencing images keep their
     /// parent's size.
     public func resize(to newSize: UInt64) throws {
-        guard isWritable else { throw DiskError.readOnly(path: path.string) }
+        guard isWritable else { throw StorageError.readOnly(path: path.string) }
         guard newSize != virtualSize else { return }
         guard !meta.hasParent else {
             throw DiskError.unsupported(path: path.string, reason: "a differencing VHDX has its parent's size; merge it or resize the whole chain")
@@ -53,7 +54,7 @@ extension VHDXImage {
                 let i = newGeometry.payloadIndex(block)
                 if type == .fixed {
                     let at = allocate(geometry.blockSize)
-                    try file.preallocate(at: at, length: geometry.blockSize)
+                    try store.preallocate(at: at, length: geometry.blockSize)
                     unsynced = true
                     bat[i] = VHDXBATEntry(state: VHDXBlockState.fullyPresent.rawValue, fileOffset: at).raw
                     dirty.insert(i)
@@ -83,11 +84,11 @@ extension VHDXImage {
             throw DiskError.unsupported(path: path.string, reason: "the BAT would need \(length) bytes, more than a region can hold")
         }
         let at = allocate(length)
-        try file.truncate(to: fileEnd)
+        try store.truncate(to: fileEnd)
         diskFileSize = fileEnd
         var bytes = [UInt8](repeating: 0, count: bat.count * 8)
         for (i, e) in bat.enumerated() where e != 0 { bytes.setLE64(i * 8, e) }
-        try file.write(bytes, at: at)
+        try store.write(bytes, at: at)
         unsynced = true
         var table = regionTable
         for i in table.entries.indices where table.entries[i].guid == VHDXRegionTable.bat {
@@ -107,7 +108,7 @@ extension VHDXImage {
 
     /// Rewrites the parent locator (parent_linkage and paths) through the log.
     public func setParent(_ link: ParentLink) throws {
-        guard isWritable else { throw DiskError.readOnly(path: path.string) }
+        guard isWritable else { throw StorageError.readOnly(path: path.string) }
         guard meta.hasParent, let loc = meta.itemLocations[VHDXMetadata.parentLocator] else {
             throw DiskError.unsupported(path: path.string, reason: "only a differencing VHDX has a parent locator")
         }
@@ -136,11 +137,11 @@ extension VHDXImage {
     /// Turns blocks that hold only zeros into NOT_PRESENT (in a differencing image only where the parent
     /// reads zeros too: libvhdi reads ZERO blocks of a differencing image from the parent, so Bulwark never
     /// writes that state), punches their space out and truncates the file's free tail.
-    public func compact(progress: ProgressHandler?) throws -> UInt64 {
-        guard isWritable else { throw DiskError.readOnly(path: path.string) }
+    public func compact(progress: ProgressReporter?) throws -> UInt64 {
+        guard isWritable else { throw StorageError.readOnly(path: path.string) }
         guard type != .fixed, !meta.leaveBlocksAllocated else { return 0 }
         if meta.hasParent && parent == nil { return 0 }
-        let before = try file.allocatedBytes()
+        let before = try store.allocatedBytes()
         let bs = geometry.blockSize
         let chunk = Int(min(bs, 4 << 20))
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
@@ -159,7 +160,7 @@ extension VHDXImage {
         var dirty = Set<Int>()
         var freed: [UInt64] = []
         for block in 0..<geometry.payloadBlocks {
-            progress?(block * bs, virtualSize)
+            progress?.report(block * bs, of: virtualSize)
             let i = geometry.payloadIndex(block)
             let e = VHDXBATEntry(raw: bat[i])
             guard e.state == VHDXBlockState.fullyPresent.rawValue || e.state == VHDXBlockState.partiallyPresent.rawValue else { continue }
@@ -173,7 +174,7 @@ extension VHDXImage {
             dirty.insert(i)
             freed.append(e.fileOffset)
         }
-        progress?(virtualSize, virtualSize)
+        progress?.report(virtualSize, of: virtualSize)
         guard !dirty.isEmpty else { return 0 }
         // The new end: everything still referenced.
         var end = max(header.logOffset + UInt64(header.logLength), batRegion.range.upperBound, metadataRegion.range.upperBound)
@@ -188,13 +189,13 @@ extension VHDXImage {
         fileEnd = end
         try logAndApply(batSectors(dirty), flushedFileOffset: end)
         try syncIfNeeded()
-        for offset in freed where offset < end { try file.punchHole(at: offset, length: bs) }
+        for offset in freed where offset < end { try store.punchHole(at: offset, length: bs) }
         if diskFileSize > end {
-            try file.truncate(to: end)
+            try store.truncate(to: end)
             diskFileSize = end
         }
-        try file.sync()
-        let after = try file.allocatedBytes()
+        try store.flush()
+        let after = try store.allocatedBytes()
         return before > after ? before - after : 0
     }
 }

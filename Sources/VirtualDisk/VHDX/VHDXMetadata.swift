@@ -1,3 +1,4 @@
+import Storage
 import struct Foundation.UUID
 
 /// The metadata region: a 64 KiB table of items, then the items.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import SystemPackage
 import VirtualDisk
+import Storage
 
 /// `bulwark disk ...`: the VHD/VHDX/raw disk utility.
 struct DiskCommand: ParsableCommand {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import SystemPackage
 import VirtualDisk
+import Storage
 
 struct DiskConvert: ParsableCommand {
     static let configuration = CommandConfiguration(

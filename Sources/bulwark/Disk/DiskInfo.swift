@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import SystemPackage
 import VirtualDisk
+import Storage
 
 struct DiskInfo: ParsableCommand {
     static let configuration = CommandConfiguration(

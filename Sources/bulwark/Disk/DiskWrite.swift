@@ -1,3 +1,4 @@
+import Storage
 import ArgumentParser
 import SystemPackage
 import VirtualDisk
@@ -18,7 +19,7 @@ struct DiskWrite: ParsableCommand {
         do {
             source = try input.map { try FileDescriptor.open(FilePath($0), .readOnly) } ?? .standardInput
         } catch let e as Errno {
-            throw DiskError.io(path: input ?? "-", operation: "open", errno: e)
+            throw StorageError.io(path: input ?? "-", operation: "open", errno: e)
         }
         defer { if input != nil { try? source.close() } }
         let chain = try DiskChain.open(FilePath(path), writable: true)
@@ -36,7 +37,7 @@ struct DiskWrite: ParsableCommand {
                 do {
                     n = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...]))
                 } catch let e as Errno {
-                    throw DiskError.io(path: input ?? "standard input", operation: "read", errno: e)
+                    throw StorageError.io(path: input ?? "standard input", operation: "read", errno: e)
                 }
                 if n == 0 { break }
                 filled += n

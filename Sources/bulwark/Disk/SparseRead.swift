@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import Storage
 import Glibc
 #endif
 import SystemPackage
@@ -27,14 +28,14 @@ enum SparseRead {
                 do {
                     _ = try sink.writeAll(toAbsoluteOffset: Int64(pos - start), UnsafeRawBufferPointer(slice))
                 } catch let e as Errno {
-                    throw DiskError.io(path: path, operation: "write at \(pos - start)", errno: e)
+                    throw StorageError.io(path: path, operation: "write at \(pos - start)", errno: e)
                 }
                 pos += UInt64(n)
                 progress?.update(pos - start, count)
             }
         }
         guard ftruncate(sink.rawValue, off_t(count)) == 0 else {
-            throw DiskError.io(path: path, operation: "ftruncate to \(count)", errno: Errno(rawValue: errno))
+            throw StorageError.io(path: path, operation: "ftruncate to \(count)", errno: Errno(rawValue: errno))
         }
         progress?.update(count, count)
     }

@@ -15,15 +15,15 @@ public enum ByteCount {
             case "G": unit = 1 << 30
             case "T": unit = 1 << 40
             case "P": unit = 1 << 50
-            default: throw DiskError.invalidArgument("invalid size '\(text)': unknown suffix '\(last)' (use K, M, G or T)")
+            default: throw StorageError.invalidArgument("invalid size '\(text)': unknown suffix '\(last)' (use K, M, G or T)")
             }
             digits = digits.dropLast()
         }
         guard !digits.isEmpty, let value = UInt64(digits) else {
-            throw DiskError.invalidArgument("invalid size '\(text)': expected a whole number with an optional K, M, G or T suffix")
+            throw StorageError.invalidArgument("invalid size '\(text)': expected a whole number with an optional K, M, G or T suffix")
         }
         let (product, overflow) = value.multipliedReportingOverflow(by: unit)
-        guard !overflow else { throw DiskError.invalidArgument("invalid size '\(text)': too large") }
+        guard !overflow else { throw StorageError.invalidArgument("invalid size '\(text)': too large") }
         return product
     }
 
@@ -43,7 +43,7 @@ public enum ByteCount {
 }
 
 extension String {
-    func trimmingWhitespace() -> String {
+    public func trimmingWhitespace() -> String {
         var s = Substring(self)
         while let f = s.first, f.isWhitespace { s = s.dropFirst() }
         while let l = s.last, l.isWhitespace { s = s.dropLast() }
