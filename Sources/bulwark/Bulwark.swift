@@ -1,4 +1,6 @@
 import ArgumentParser
+import Foundation
+import VirtualDisk
 
 /// The `bulwark` command line: it parses and prints; the libraries do the work.
 @main
@@ -9,4 +11,22 @@ struct Bulwark: ParsableCommand {
         version: "0.1.0",
         subcommands: [DiskCommand.self, SnapshotCommand.self, WritersCommand.self]
     )
+
+    static func main() {
+        TestHooks.apply()
+        main(nil)
+    }
+}
+
+/// Fault injection for the crash tests, set from the environment here, in the command line, and
+/// handed to the engine explicitly (the libraries read no environment variables):
+/// `BULWARK_TEST_SLOW_IO=MICROSECONDS` paces copy loops; `BULWARK_TEST_CRASH_POINT=after-log-flush`
+/// ends the process inside a VHDX write session.
+enum TestHooks {
+    static func apply() {
+        let env = ProcessInfo.processInfo.environment
+        let slow = env["BULWARK_TEST_SLOW_IO"].flatMap { UInt32($0) } ?? 0
+        let crash = env["BULWARK_TEST_CRASH_POINT"].flatMap { FaultInjection.CrashPoint(rawValue: $0) }
+        if slow > 0 || crash != nil { FaultInjection.set(FaultInjection(slowIOMicroseconds: slow, crashPoint: crash)) }
+    }
 }

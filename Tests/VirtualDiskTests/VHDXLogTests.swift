@@ -12,7 +12,7 @@ import Storage
         let input = dir.file("input-\(offset).bin")
         try Data(data).write(to: URL(fileURLWithPath: input))
         return try run(TestEnv.bulwark, ["disk", "write", image, "--offset", String(offset), "--input", input],
-                       environment: ["BULWARK_VHDX_CRASH_POINT": "after-log-flush"]).status
+                       environment: ["BULWARK_TEST_CRASH_POINT": "after-log-flush"]).status
     }
 
     @Test func dirtyLogIsReplayedInMemoryReadOnlyAndIntoTheFileWritable() throws {
@@ -147,7 +147,7 @@ import Storage
             // Some runs stop themselves between log flush and apply instead of being killed.
             let crashPoint = rng.next() % 6 == 0
             if crashPoint {
-                process.environment = ProcessInfo.processInfo.environment.merging(["BULWARK_VHDX_CRASH_POINT": "after-log-flush"]) { $1 }
+                process.environment = ProcessInfo.processInfo.environment.merging(["BULWARK_TEST_CRASH_POINT": "after-log-flush"]) { $1 }
             }
             process.standardOutput = FileHandle.nullDevice
             process.standardError = FileHandle.nullDevice

@@ -11,19 +11,14 @@ import Storage
 /// detection and the test slow-down.
 enum OperationIO {
     /// Bytes moved per read/write in copy loops: large and aligned, so I/O stays sequential (256 KiB
-    /// under `BULWARK_TEST_SLOW_IO`, so that small test images still take many paced steps).
-    static let chunkSize = slowMicroseconds > 0 ? 256 << 10 : 8 << 20
+    /// when `FaultInjection` slows I/O down, so that small test images still take many paced steps).
+    static var chunkSize: Int { FaultInjection.current.slowIOMicroseconds > 0 ? 256 << 10 : 8 << 20 }
 
-    /// Microseconds to sleep after each chunk, from `BULWARK_TEST_SLOW_IO`. Tests set it so that a
-    /// `kill -9` lands in the middle of an operation; it is 0 (no sleeping) otherwise.
-    static let slowMicroseconds: UInt32 = {
-        guard let raw = getenv("BULWARK_TEST_SLOW_IO") else { return 0 }
-        return UInt32(String(cString: raw)) ?? 0
-    }()
-
-    /// Called once per chunk by every copy loop.
+    /// Called once per chunk by every copy loop: sleeps when `FaultInjection` asks for slow I/O, so
+    /// that a test's `kill -9` lands in the middle of an operation.
     @inline(__always) static func pace() {
-        if slowMicroseconds > 0 { usleep(slowMicroseconds) }
+        let slow = FaultInjection.current.slowIOMicroseconds
+        if slow > 0 { usleep(slow) }
     }
 
     /// A page-aligned buffer of `count` bytes; the caller deallocates it.

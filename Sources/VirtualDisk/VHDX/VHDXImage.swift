@@ -60,7 +60,6 @@ public final class VHDXImage: DiskImage, MaintainableImage {
     var pendingBitmap = Set<UInt64>()
     /// `fileEnd` when the pending changes were last logged.
     var committedEnd: UInt64 = 0
-    let crashPoint: String?
     /// A new file that nothing opens until the final flush: no log, no header sessions, one sync.
     let staged: Bool
 
@@ -114,7 +113,6 @@ public final class VHDXImage: DiskImage, MaintainableImage {
         self.store = store
         self.staged = staged && store.isWritable
         let path = store.path.string
-        crashPoint = getenv("BULWARK_VHDX_CRASH_POINT").map { String(cString: $0) }
         let size = try store.size()
         guard size >= VHDXSize.mib else {
             throw DiskError.corrupt(path: path, reason: "a VHDX file is at least 1 MiB (its header section); this one has \(size) bytes")
@@ -701,7 +699,7 @@ public final class VHDXImage: DiskImage, MaintainableImage {
                 try commitHeader(h, twice: false)
                 logGuidInHeader = true
             }
-            if crashPoint == "after-log-flush" { _exit(137) }
+            FaultInjection.crash(at: .afterLogFlush)
             for d in batch {
                 switch d {
                 case let .data(offset, sector): try store.write(sector, at: offset)
