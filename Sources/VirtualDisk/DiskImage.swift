@@ -110,6 +110,11 @@ public protocol DiskImage: AnyObject {
     /// image); nil otherwise. A non-nil answer starts the format's write session (a VHDX takes a new
     /// DataWriteGuid), so the caller may put the bytes there by other means (a reflink) and then `flush`.
     func inPlaceFileOffset(forWriting range: Range<UInt64>) throws -> UInt64?
+    /// Where each virtual byte lives in the store, for images where writing never allocates or
+    /// changes metadata (raw images, fixed images whose every block is stored), as sorted runs; nil
+    /// for the others, which must be written through the format. Copy loops write such targets
+    /// straight into the store, from several threads.
+    func directLayout() throws -> [StoreRun]?
     /// Makes every completed write durable.
     func flush() throws
     /// Flushes and closes the file; the object must not be used afterwards.
@@ -118,7 +123,28 @@ public protocol DiskImage: AnyObject {
     var properties: [String: String] { get }
 }
 
+/// A run of virtual bytes stored contiguously at `fileOffset` in an image's store.
+public struct StoreRun: Equatable, Sendable {
+    public var range: Range<UInt64>
+    public var fileOffset: UInt64
+    public init(range: Range<UInt64>, fileOffset: UInt64) {
+        self.range = range
+        self.fileOffset = fileOffset
+    }
+}
+
 extension DiskImage {
+    /// Fixed images whose extents are all stored data have a direct layout; others have none.
+    public func directLayout() throws -> [StoreRun]? {
+        guard type == .fixed else { return nil }
+        var layout: [StoreRun] = []
+        for e in coalesce(try extents(in: 0..<virtualSize)) {
+            guard case .data(let offset) = e.kind else { return nil }
+            layout.append(StoreRun(range: e.range, fileOffset: offset))
+        }
+        return layout
+    }
+
     /// By default nothing is written in place from outside the format.
     public func inPlaceFileOffset(forWriting range: Range<UInt64>) throws -> UInt64? { nil }
 

@@ -7,7 +7,7 @@ public final class RawImage: DiskImage {
     public let store: any ByteStore
     public var format: DiskFormat { .raw }
     public var type: DiskType { .fixed }
-    public private(set) var virtualSize: UInt64
+    public internal(set) var virtualSize: UInt64
     public var logicalSectorSize: Int { 512 }
     public var physicalSectorSize: Int { 4096 }
     /// Raw images have no blocks; 1 MiB is the unit used when copying them.
@@ -53,17 +53,14 @@ public final class RawImage: DiskImage {
         return isWritable ? range.lowerBound : nil
     }
 
+    /// Virtual byte N is store byte N.
+    public func directLayout() throws -> [StoreRun]? { [StoreRun(range: 0..<virtualSize, fileOffset: 0)] }
+
     public func flush() throws { try store.flush() }
 
     public func close() throws {
         if store.isWritable { try store.flush() }
         try store.close()
-    }
-
-    /// Sets the size of the raw file (growing reads as zeros).
-    public func resize(to size: UInt64) throws {
-        try store.truncate(to: size)
-        virtualSize = size
     }
 }
 

@@ -6,6 +6,7 @@ import Musl
 import Foundation
 import SystemPackage
 import Storage
+import Synchronization
 
 /// What `convert` should produce.
 public struct ConvertOptions: Sendable {
@@ -87,34 +88,43 @@ public enum ConvertOperation {
             throw StorageError.insufficientSpace(path: destination.string, needed: needed, available: available)
         }
 
-        let name = destination.lastComponent?.string ?? "disk"
-        let folder = destination.removingLastComponent()
-        removeStalePartials(folder: folder, name: name)
-        let temp = folder.appending(".\(name).partial-\(getpid())")
-        try? FileOps.remove(temp)
         let logical = format == .vhdx ? leaf.logicalSectorSize : nil
+        let staged: StagedImage
         do {
-            let target = try DiskImages.create(at: temp, options: CreateOptions(
+            staged = try StagedImage(at: destination, options: CreateOptions(
                 format: format, type: type, virtualSize: leaf.virtualSize, blockSize: options.blockSize,
-                logicalSectorSize: logical, staged: true))
-            var written: (bytes: UInt64, cloned: UInt64) = (0, 0)
-            do {
-                written = try copy(map, from: chain, to: target, fixedTarget: type == .fixed, total: allocated, progress: progress)
-                try target.flush()
-                try target.close()
-            } catch {
-                try? target.close()
-                throw error
-            }
-            try FileOps.rename(temp, to: destination)
-            let store = try BlockFile.open(destination, writable: false)
-            defer { try? store.close() }
-            return ConvertResult(source: FileOps.absolute(source).string, destination: destination.string, format: format, type: type,
-                                 virtualSize: leaf.virtualSize, bytesWritten: written.bytes, bytesCloned: written.cloned,
-                                 fileSize: try store.size(), allocatedBytes: try store.allocatedBytes())
+                logicalSectorSize: logical))
+        } catch let e as StorageError {
+            throw Self.naming(destination, e)
+        }
+        let written: (bytes: UInt64, cloned: UInt64)
+        do {
+            written = try copy(map, from: chain, to: staged.image, fixedTarget: type == .fixed, total: allocated, progress: progress)
+            try staged.publish()
+        } catch let e as StorageError {
+            staged.discard()
+            throw Self.naming(destination, e)
         } catch {
-            try? FileOps.remove(temp)
+            staged.discard()
             throw error
+        }
+        let store = try BlockFile.open(destination, writable: false)
+        defer { try? store.close() }
+        return ConvertResult(source: FileOps.absolute(source).string, destination: destination.string, format: format, type: type,
+                             virtualSize: leaf.virtualSize, bytesWritten: written.bytes, bytesCloned: written.cloned,
+                             fileSize: try store.size(), allocatedBytes: try store.allocatedBytes())
+    }
+
+    /// A store error about the hidden temporary file, told about the destination the caller named
+    /// (which was not created).
+    static func naming(_ destination: FilePath, _ error: StorageError) -> StorageError {
+        switch error {
+        case let .insufficientSpace(_, needed, available):
+            return .insufficientSpace(path: destination.string, needed: needed, available: available)
+        case let .io(path, operation, errno) where path.contains(".partial-"):
+            return .io(path: destination.string, operation: operation + " (of its temporary file \(path))", errno: errno)
+        default:
+            return error
         }
     }
 
@@ -140,19 +150,18 @@ public enum ConvertOperation {
                 written += bytes
                 done += bytes
                 progress?.report(done, of: total)
-                OperationIO.pace()
+                try OperationIO.pace(progress)
             }
         }
-        if target.format == .raw, fixedTarget, let raw = target as? RawImage,
-           pieces.allSatisfy({ chain.levels[$0.level].format == .raw }) {
-            // Raw to a preallocated raw file: copy inside the kernel (reflinked where possible).
+        if target.format == .raw, fixedTarget, pieces.allSatisfy({ chain.levels[$0.level].format == .raw }) {
+            // Raw to a preallocated raw file: copy inside the store (in the kernel, reflinked where possible).
             for piece in pieces {
-                try raw.store.copyRange(from: chain.levels[piece.level].store, sourceOffset: piece.range.lowerBound,
+                try target.store.copyRange(from: chain.levels[piece.level].store, sourceOffset: piece.range.lowerBound,
                                   to: piece.range.lowerBound, length: UInt64(piece.range.count), buffer: buffer)
                 written += UInt64(piece.range.count)
                 done += UInt64(piece.range.count)
                 progress?.report(done, of: total)
-                OperationIO.pace()
+                try OperationIO.pace(progress)
             }
             return (written, cloned)
         }
@@ -160,8 +169,8 @@ public enum ConvertOperation {
         for level in levels { OperationIO.adviseSequential(level.store) }
         // Targets whose bytes sit at fixed file offsets are written straight into the store, from two
         // threads; the others through the format, in order.
-        let layout = try fileLayout(of: target)
-        let counters = NSLock()
+        let layout = try target.directLayout()
+        let counters = Mutex(())
         let pipeline = CopyPipeline(pieces: pieces, writers: layout == nil ? 1 : 2,
                                     lookahead: OperationIO.lookahead(pieceBytes: pieces.map(\.range.count)),
                                     prefetch: { OperationIO.prefetch(levels[$0.level], $0.range) }) { piece, buffer in
@@ -197,35 +206,21 @@ public enum ConvertOperation {
                 }
                 bytes += UInt64(r.count)
             }
-            counters.lock()
-            defer { counters.unlock() }
-            written += bytes
-            unsynced += bytes
-            OperationIO.startWriteback(target.store, written: &unsynced)
-            done += UInt64(piece.range.count)
-            progress?.report(done, of: total)
-            OperationIO.pace()
+            counters.withLock { _ in
+                written += bytes
+                unsynced += bytes
+                OperationIO.startWriteback(target.store, written: &unsynced)
+                done += UInt64(piece.range.count)
+                progress?.report(done, of: total)
+            }
+            try OperationIO.pace(progress)
         }
         return (written, cloned)
     }
 
-    /// Where each virtual byte of `target` lives in its store, for targets where writing never moves or
-    /// allocates anything (raw images; fixed images whose every block is stored), as sorted runs; nil
-    /// for the others, which must be written through the format.
-    static func fileLayout(of target: any DiskImage) throws -> [(range: Range<UInt64>, fileOffset: UInt64)]? {
-        if target is RawImage { return [(0..<target.virtualSize, 0)] }
-        guard target.type == .fixed else { return nil }
-        var layout: [(range: Range<UInt64>, fileOffset: UInt64)] = []
-        for e in coalesce(try target.extents(in: 0..<target.virtualSize)) {
-            guard case .data(let offset) = e.kind else { return nil }
-            layout.append((e.range, offset))
-        }
-        return layout
-    }
-
     /// Writes `bytes` at virtual `offset` straight into `store` through `layout`.
     static func writeDirect(_ bytes: UnsafeRawBufferPointer, at offset: UInt64,
-                            layout: [(range: Range<UInt64>, fileOffset: UInt64)], store: any ByteStore) throws {
+                            layout: [StoreRun], store: any ByteStore) throws {
         var done = 0
         while done < bytes.count {
             let v = offset + UInt64(done)
@@ -241,17 +236,6 @@ public enum ConvertOperation {
             let n = Int(min(UInt64(bytes.count - done), run.range.upperBound - v))
             try store.write(UnsafeRawBufferPointer(rebasing: bytes[done..<done + n]), at: run.fileOffset + (v - run.range.lowerBound))
             done += n
-        }
-    }
-
-    /// Removes `.NAME.partial-PID` files left by conversions whose process is gone.
-    static func removeStalePartials(folder: FilePath, name: String) {
-        let prefix = ".\(name).partial-"
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder.string) else { return }
-        for n in names where n.hasPrefix(prefix) {
-            if let pid = Int32(n.dropFirst(prefix.count)), !OperationIO.isRunning(pid) {
-                try? FileOps.remove(folder.appending(n))
-            }
         }
     }
 }

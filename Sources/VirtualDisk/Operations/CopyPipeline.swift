@@ -1,6 +1,7 @@
 import Storage
 import Dispatch
 import Foundation
+import Synchronization
 
 /// Overlaps reading and writing in the copy loops: a background thread reads the next pieces into a
 /// few chunk buffers while writers store the ones already read. With one writer (the caller) pieces
@@ -11,7 +12,7 @@ final class CopyPipeline<Piece>: @unchecked Sendable {
     private let read: (Piece, UnsafeMutableRawBufferPointer) throws -> Void
     private let prefetch: ((Piece) -> Void)?
     private let lookahead: Int
-    private let lock = NSLock()
+    private let lock = Mutex(())
     private var free: [UnsafeMutableRawBufferPointer]
     private var ready: [(index: Int, buffer: UnsafeMutableRawBufferPointer?, error: Error?)] = []
     private let freeSignal: DispatchSemaphore
@@ -47,11 +48,10 @@ final class CopyPipeline<Piece>: @unchecked Sendable {
         let producer = Thread { [self] in produce() }
         producer.stackSize = 1 << 20
         producer.start()
-        var firstError: Error?
-        let errorLock = NSLock()
+        let firstError = Mutex<(any Error)?>(nil)
         let helpers = DispatchGroup()
         defer {
-            lock.lock(); cancelled = true; lock.unlock()
+            lock.withLock { _ in cancelled = true }
             for _ in buffers { freeSignal.signal() }
             for _ in 0..<writerCount { readySignal.signal() }
             helpers.wait()
@@ -60,26 +60,22 @@ final class CopyPipeline<Piece>: @unchecked Sendable {
         let consume: () -> Void = { [self] in
             while true {
                 readySignal.wait()
-                lock.lock()
-                if cancelled || ready.isEmpty { lock.unlock(); return }
-                let item = ready.removeFirst()
-                lock.unlock()
-                guard let buffer = item.buffer else { return }  // end of input
+                let next = lock.withLock { _ -> (index: Int, buffer: UnsafeMutableRawBufferPointer?, error: Error?)? in
+                    if cancelled || ready.isEmpty { return nil }
+                    return ready.removeFirst()
+                }
+                guard let item = next, let buffer = item.buffer else { return }  // cancelled, or end of input
                 do {
                     if let error = item.error { throw error }
                     try write(pieces[item.index], UnsafeRawBufferPointer(buffer))
                 } catch {
-                    errorLock.lock()
-                    if firstError == nil { firstError = error }
-                    errorLock.unlock()
-                    lock.lock(); cancelled = true; lock.unlock()
+                    firstError.withLock { if $0 == nil { $0 = error } }
+                    lock.withLock { _ in cancelled = true }
                     for _ in 0..<writerCount { readySignal.signal() }
                     for _ in buffers { freeSignal.signal() }
                     return
                 }
-                lock.lock()
-                free.append(buffer)
-                lock.unlock()
+                lock.withLock { _ in free.append(buffer) }
                 freeSignal.signal()
             }
         }
@@ -92,9 +88,7 @@ final class CopyPipeline<Piece>: @unchecked Sendable {
         }
         consume()
         helpers.wait()
-        errorLock.lock()
-        defer { errorLock.unlock() }
-        if let firstError { throw firstError }
+        if let error = firstError.withLock({ $0 }) { throw error }
     }
 
     private func produce() {
@@ -103,22 +97,17 @@ final class CopyPipeline<Piece>: @unchecked Sendable {
         for index in pieces.indices {
             if let prefetch, index + lookahead < pieces.count { prefetch(pieces[index + lookahead]) }
             freeSignal.wait()
-            lock.lock()
-            if cancelled || free.isEmpty { lock.unlock(); return }
-            let buffer = free.removeLast()
-            lock.unlock()
+            guard let buffer = lock.withLock({ _ -> UnsafeMutableRawBufferPointer? in
+                cancelled || free.isEmpty ? nil : free.removeLast()
+            }) else { return }
             var failure: Error?
             do { try read(pieces[index], buffer) } catch { failure = error }
-            lock.lock()
-            ready.append((index, buffer, failure))
-            lock.unlock()
+            lock.withLock { _ in ready.append((index, buffer, failure)) }
             readySignal.signal()
             if failure != nil { return }
         }
         // One end marker per writer.
-        lock.lock()
-        for _ in 0..<writerCount { ready.append((-1, nil, nil)) }
-        lock.unlock()
+        lock.withLock { _ in for _ in 0..<writerCount { ready.append((-1, nil, nil)) } }
         for _ in 0..<writerCount { readySignal.signal() }
     }
 }

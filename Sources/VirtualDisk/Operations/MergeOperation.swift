@@ -230,7 +230,7 @@ public enum MergeOperation {
         let clonedBytes = try Reflink.clone(&pieces, range: { $0.range }, level: { $0.level }, from: levels, into: ancestor) { bytes in
             done += bytes
             progress?.report(done, of: total)
-            OperationIO.pace()
+            try OperationIO.pace(progress)
         }
         for level in levels { OperationIO.adviseSequential(level.store) }
         let lookahead = OperationIO.lookahead(pieceBytes: pieces.map(\.range.count))
@@ -254,7 +254,7 @@ public enum MergeOperation {
             OperationIO.startWriteback(ancestor.store, written: &unsynced)
             done += UInt64(piece.range.count)
             progress?.report(done, of: total)
-            OperationIO.pace()
+            try OperationIO.pace(progress)
         }
         try ancestor.flush()
         return (done, clonedBytes)

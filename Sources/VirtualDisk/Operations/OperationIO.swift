@@ -14,9 +14,11 @@ enum OperationIO {
     /// when `FaultInjection` slows I/O down, so that small test images still take many paced steps).
     static var chunkSize: Int { FaultInjection.current.slowIOMicroseconds > 0 ? 256 << 10 : 8 << 20 }
 
-    /// Called once per chunk by every copy loop: sleeps when `FaultInjection` asks for slow I/O, so
-    /// that a test's `kill -9` lands in the middle of an operation.
-    @inline(__always) static func pace() {
+    /// Called once per chunk by every copy loop: stops a cancelled operation (`OperationCancelled`),
+    /// and sleeps when `FaultInjection` asks for slow I/O, so that a test's `kill -9` lands in the
+    /// middle of an operation.
+    @inline(__always) static func pace(_ progress: ProgressReporter?) throws {
+        try progress?.checkCancelled()
         let slow = FaultInjection.current.slowIOMicroseconds
         if slow > 0 { usleep(slow) }
     }
@@ -134,9 +136,5 @@ enum OperationIO {
     }
 
 
-    /// Whether process `pid` is still running.
-    static func isRunning(_ pid: Int32) -> Bool {
-        kill(pid, 0) == 0 || errno == EPERM
-    }
 }
 

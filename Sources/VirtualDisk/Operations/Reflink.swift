@@ -11,7 +11,7 @@ enum Reflink {
     /// the bytes shared returned; the first refusal (a filesystem without reflinks, such as ext4, or two
     /// filesystems) stops the attempt.
     static func clone<Piece>(_ pieces: inout [Piece], range: (Piece) -> Range<UInt64>, level: (Piece) -> Int?,
-                             from levels: [any DiskImage], into target: any DiskImage, done: (UInt64) -> Void) throws -> UInt64 {
+                             from levels: [any DiskImage], into target: any DiskImage, done: (UInt64) throws -> Void) throws -> UInt64 {
         var cloned = Set<Int>()
         defer { if !cloned.isEmpty { pieces = pieces.indices.filter { !cloned.contains($0) }.map { pieces[$0] } } }
         let unit = target.store.allocationUnit
@@ -48,7 +48,7 @@ enum Reflink {
             }
             cloned.insert(index)
             bytes += UInt64(pieceRange.count)
-            done(UInt64(pieceRange.count))
+            try done(UInt64(pieceRange.count))
         }
         return bytes
     }

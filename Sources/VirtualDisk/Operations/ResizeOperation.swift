@@ -8,7 +8,7 @@ public struct ResizeResult: Codable, Sendable, Equatable {
     public var newSize: UInt64
 }
 
-/// Changes an image's virtual size: VHD/VHDX through `MaintainableImage.resize`, raw by truncating.
+/// Changes an image's virtual size through `MaintainableImage.resize` (every format).
 /// A disk that is the parent of differencing children is refused (naming them) unless `force`.
 public enum ResizeOperation {
     public static func resize(path: FilePath, to newSize: UInt64, children: [FilePath] = [], force: Bool = false) throws -> ResizeResult {
@@ -21,18 +21,11 @@ public enum ResizeOperation {
         // The same size changes nothing, but still goes to the format: a re-run after a resize was
         // killed part way completes what it left (a VHD's footer copy at offset 0).
         if newSize != old, !found.isEmpty, !force { throw DiskError.hasChildren(path: path.string, children: found.map(\.string)) }
-        if let raw = image as? RawImage {
-            if newSize < old, let data = try raw.store.nextData(from: newSize), data < old {
-                throw DiskError.unsupported(path: path.string, reason: "cannot shrink to \(newSize) bytes: the tail holds data (at \(data))")
-            }
-            try raw.resize(to: newSize)
-            try raw.flush()
-        } else if let maintainable = image as? any MaintainableImage {
-            try maintainable.resize(to: newSize)
-            try maintainable.flush()
-        } else {
+        guard let maintainable = image as? any MaintainableImage else {
             throw DiskError.unsupported(path: path.string, reason: "resizing \(image.format.rawValue) images is not supported")
         }
+        try maintainable.resize(to: newSize)
+        try maintainable.flush()
         return ResizeResult(path: FileOps.absolute(path).string, oldSize: old, newSize: image.virtualSize)
     }
 }
