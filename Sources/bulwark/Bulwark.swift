@@ -9,7 +9,7 @@ struct Bulwark: ParsableCommand {
         commandName: "bulwark",
         abstract: "Backup, restore and storage protection for Linux hosts and guests.",
         version: "0.1.0",
-        subcommands: [DiskCommand.self, SnapshotCommand.self, WritersCommand.self]
+        subcommands: [DiskCommand.self, SnapshotCommand.self, WritersCommand.self, StorageCommand.self]
     )
 
     static func main() {

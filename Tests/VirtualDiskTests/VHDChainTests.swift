@@ -40,18 +40,19 @@ import Storage
         return (paths, models)
     }
 
-    @Test(arguments: [nil as Int?, 512 << 10, 32 << 10])
-    func threeLevelChainReadsTheSameEverywhere(blockSize: Int?) throws {
+    @Test(arguments: [nil as Int?, 512 << 10, 32 << 10], StoreKind.allCases)
+    func threeLevelChainReadsTheSameEverywhere(blockSize: Int?, store: StoreKind) throws {
         let dir = try TempDir()
         let size = (12 << 20) + 3 * 512
         let (paths, models) = try Self.makeChain(dir, size: size, blockSize: blockSize, seed: UInt64(blockSize ?? 7))
-        let chain = try DiskChain.open(FilePath(paths[2]))
+        let chain = try store.openChain(paths[2])
         defer { try? chain.close() }
         #expect(chain.levels.count == 3)
         #expect(chain.levels.map(\.type) == [.differencing, .differencing, .dynamic])
         #expect(VHDTest.mismatch(try VHDTest.readAll(chain.leaf), models[2]) == nil)
+        #expect(store.readThroughSeam(chain))
         // Intermediate levels too.
-        let middle = try DiskChain.open(FilePath(paths[1]))
+        let middle = try store.openChain(paths[1])
         defer { try? middle.close() }
         #expect(VHDTest.mismatch(try VHDTest.readAll(middle.leaf), models[1]) == nil)
 

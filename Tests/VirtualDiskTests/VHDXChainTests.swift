@@ -1,4 +1,5 @@
 import Foundation
+import Storage
 import SystemPackage
 import Testing
 import TestSupport
@@ -31,8 +32,8 @@ import TestSupport
         return try runChecked("/usr/bin/python3", ["-c", script, expected] + levels).out.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    @Test(arguments: [512, 4096])
-    func threeDeepChainsReadTheSameThroughBulwarkAndLibvhdi(logical: Int) throws {
+    @Test(arguments: [512, 4096], StoreKind.allCases)
+    func threeDeepChainsReadTheSameThroughBulwarkAndLibvhdi(logical: Int, store: StoreKind) throws {
         let dir = try TempDir()
         let size: UInt64 = 16 << 20
         var model = [UInt8](repeating: 0, count: Int(size))
@@ -57,11 +58,12 @@ import TestSupport
             try image.chain.forEach { try $0.close() }
             paths.append(path)
         }
-        let chain = try DiskChain.open(FilePath(paths.last!))
+        let chain = try store.openChain(paths.last!)
         #expect(chain.levels.count == 4)
         #expect(try Bytes(chain.leaf.read(count: Int(size), at: 0)) == Bytes(model))
         let mapped = try chain.map()
         #expect(Set(mapped.compactMap(\.level)).count == 4)
+        #expect(store.readThroughSeam(chain))
         try chain.close()
 
         guard try TestEnv.prerequisite(TestEnv.pyvhdiAvailable(), "pyvhdi in /usr/bin/python3") else { return }

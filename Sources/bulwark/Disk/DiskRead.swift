@@ -1,3 +1,4 @@
+import Storage
 import ArgumentParser
 import SystemPackage
 import VirtualDisk
@@ -32,28 +33,35 @@ struct DiskRead: ParsableCommand {
         defer { if output != nil { try? sink.close() } }
         let progress = output != nil && count >= 64 << 20 ? ProgressBar("read") : nil
         defer { progress?.finish() }
-        if let output, SparseRead.isRegularFile(sink) {
-            try SparseRead.copy(chain, start: start, count: count, to: sink, path: output, progress: progress)
-            return
-        }
-        try ChunkedCopy.stream(count: count, chunk: 4 << 20) { buffer, done in
-            try image.read(into: buffer, at: start + done)
-            _ = try sink.writeAll(UnsafeRawBufferPointer(buffer))
-            progress?.update(done + UInt64(buffer.count), count)
-        }
-    }
-}
-
-/// Runs `body` over consecutive chunks of one reusable, page-aligned buffer.
-enum ChunkedCopy {
-    static func stream(count: UInt64, chunk: Int, _ body: (UnsafeMutableRawBufferPointer, UInt64) throws -> Void) throws {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
-        defer { buffer.deallocate() }
-        var done: UInt64 = 0
-        while done < count {
-            let n = Int(min(UInt64(chunk), count - done))
-            try body(UnsafeMutableRawBufferPointer(rebasing: buffer[..<n]), done)
-            done += UInt64(n)
+        // A regular file keeps holes as holes; a pipe or a device gets the zeros written out.
+        let sparse = output != nil && LocalFileSystem().kind(of: FilePath(output!)) == .file
+        let name = output ?? "standard output"
+        let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0)
+        let reader = ChainReader(chain, ranges: [start..<start + count])
+        do {
+            try reader.forEach(progress: progress?.handler) { chunk in
+                switch chunk {
+                case let .data(at, bytes):
+                    if sparse {
+                        _ = try sink.writeAll(toAbsoluteOffset: Int64(at - start), bytes)
+                    } else {
+                        _ = try sink.writeAll(bytes)
+                    }
+                case let .hole(range):
+                    guard !sparse else { return }
+                    var left = UInt64(range.count)
+                    while left > 0 {
+                        let n = Int(min(left, UInt64(zeros.count)))
+                        _ = try sink.writeAll(UnsafeRawBufferPointer(rebasing: zeros[..<n]))
+                        left -= UInt64(n)
+                    }
+                }
+            }
+            if sparse { try sink.resize(to: Int64(count)) }
+        } catch let e as Errno {
+            throw StorageError.io(path: name, operation: "write", errno: e)
         }
     }
 }
