@@ -38,7 +38,7 @@ let package = Package(
         .executableTarget(name: "bulwark", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", argumentParser, system]),
 
         // Shared helpers for the tests: temporary folders, external oracles, the built CLI.
-        .target(name: "TestSupport", dependencies: [system], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: [system, "Storage", "VirtualDisk"], path: "Tests/TestSupport"),
         .testTarget(name: "VirtualDiskTests", dependencies: ["Storage", "VirtualDisk", "TestSupport", propertyBased]),
         .testTarget(name: "ShadowCopyTests", dependencies: ["Storage", "ShadowCopy", "VirtualDisk", "TestSupport"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSMBClient", "CBlkid", "CArchive", "TestSupport"]),

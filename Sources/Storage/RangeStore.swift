@@ -159,11 +159,18 @@ public final class HelperProcessSource: ByteRangeSource {
         }
     }
 
+    /// Requests are at most `RangeServer.maximumRead` bytes; larger reads are split.
     public func read(_ path: FilePath, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        try pipes.withLock { p in
-            let reply = try request(&p, "READ \(RangeServer.hex(path.string)) \(offset) \(buffer.count)", path: path)
-            guard reply.count == 2, Int(reply[1]) == buffer.count else { throw protocolError(path, reply) }
-            try readExactly(&p, into: buffer, path: path)
+        var done = 0
+        while done < buffer.count {
+            let n = min(buffer.count - done, RangeServer.maximumRead)
+            let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<done + n])
+            try pipes.withLock { p in
+                let reply = try request(&p, "READ \(RangeServer.hex(path.string)) \(offset + UInt64(done)) \(n)", path: path)
+                guard reply.count == 2, Int(reply[1]) == n else { throw protocolError(path, reply) }
+                try readExactly(&p, into: piece, path: path)
+            }
+            done += n
         }
     }
 
@@ -247,10 +254,13 @@ public final class HelperProcessSource: ByteRangeSource {
 /// The serving end of `HelperProcessSource`: answers requests for files under `root` (paths in
 /// requests are relative to it; `..` cannot leave it) from `input` until it closes.
 public enum RangeServer {
+    /// The most bytes one READ request asks for.
+    public static let maximumRead = 8 << 20
+
     public static func serve(root: FilePath, input: FileDescriptor = .standardInput, output: FileDescriptor = .standardOutput) throws {
         var pending: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 8 << 20, alignment: 4096)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maximumRead, alignment: 4096)
         defer { buffer.deallocate() }
         var open: (path: String, store: BlockFile)?
         func reply(_ line: String) throws { _ = try output.writeAll(Array((line + "\n").utf8)) }

@@ -8,15 +8,19 @@ public final class RawImage: DiskImage {
     public var format: DiskFormat { .raw }
     public var type: DiskType { .fixed }
     public internal(set) var virtualSize: UInt64
-    public var logicalSectorSize: Int { 512 }
-    public var physicalSectorSize: Int { 4096 }
+    /// A block device's own sector sizes; 512 and 4096 for files.
+    public var logicalSectorSize: Int { store.deviceSectorSizes?.logical ?? 512 }
+    public var physicalSectorSize: Int { store.deviceSectorSizes?.physical ?? 4096 }
     /// Raw images have no blocks; 1 MiB is the unit used when copying them.
     public var blockSize: Int { 1 << 20 }
     /// Raw files carry no identity; a fixed zero UUID.
     public var identity: UUID { UUID(uuid: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)) }
     public var parentLink: ParentLink? { nil }
     public var parent: (any DiskImage)? { nil }
-    public var properties: [String: String] { [:] }
+    public var properties: [String: String] {
+        guard let sectors = store.deviceSectorSizes else { return [:] }
+        return ["block device": "yes", "device sectors": "\(sectors.logical)/\(sectors.physical) bytes (logical/physical)"]
+    }
 
     init(store: any ByteStore) throws {
         self.store = store

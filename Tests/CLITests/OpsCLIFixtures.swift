@@ -1,4 +1,5 @@
 import Foundation
+import Storage
 import SystemPackage
 import Testing
 import TestSupport
@@ -42,8 +43,23 @@ enum OpsCLI {
         return paths
     }
 
+    /// Every virtual byte of `path`, read through both stores (the local filesystem and the
+    /// helper-process store), which must agree: after every kill and every operation, the chain reads
+    /// the same through either implementation of the storage seam.
     static func readAll(_ path: FilePath) throws -> [UInt8] {
-        let chain = try PendingMergeChain.open(path)
+        let local = try read(path, in: LocalFileSystem())
+        let remote = try read(path, in: try helper.get())
+        guard local == remote else {
+            throw TestFailure("\(path.string) reads differently through the helper-process store (\(local.count) and \(remote.count) bytes, first difference at \(zip(local, remote).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? min(local.count, remote.count)))")
+        }
+        return local
+    }
+
+    /// One helper process serves every read of the test run.
+    static let helper = Result { try StoreKind.helperProcess.space() }
+
+    static func read(_ path: FilePath, in space: any StoreSpace) throws -> [UInt8] {
+        let chain = try PendingMergeChain.open(path, in: space)
         defer { try? chain.close() }
         return try chain.leaf.read(count: Int(chain.leaf.virtualSize), at: 0)
     }

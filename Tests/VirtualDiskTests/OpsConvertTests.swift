@@ -12,10 +12,12 @@ import Storage
         (.vhdx, .dynamic, 0), (.vhdx, .fixed, 0), (.vhdx, .fixed, 2),
     ]
 
-    /// Every source (chains flattened) into every target format and type: the target reads like the
-    /// source's leaf, the source is untouched, qemu-img agrees, and dynamic targets skip zeros.
-    @Test(arguments: sources)
-    func randomizedConvertMatchesModel(sourceFormat: DiskFormat, sourceType: DiskType, depth: Int) throws {
+    /// Every source (chains flattened, read from the local filesystem or through the helper-process
+    /// store) into every target format and type: the target reads like the source's leaf, the source is
+    /// untouched, qemu-img agrees, and dynamic targets skip zeros.
+    @Test(arguments: sources, StoreKind.allCases)
+    func randomizedConvertMatchesModel(source: (DiskFormat, DiskType, Int), store: StoreKind) throws {
+        let (sourceFormat, sourceType, depth) = source
         let dir = try TempDir("ops-convert")
         var rng = SeededRandom(seed: UInt64(depth * 31 + sourceFormat.rawValue.count * 7 + (sourceType == .fixed ? 1 : 0)))
         var model = ChainModel(size: Ops.size)
@@ -26,7 +28,8 @@ import Storage
             for type in [DiskType.dynamic, .fixed] {
                 let dst = FilePath(dir.file(Ops.name("out-\(type.rawValue)", target)))
                 let result = try ConvertOperation.convert(source: paths.last!, destination: dst,
-                                                          options: ConvertOptions(format: target, type: type, blockSize: Ops.blockSize(target)))
+                                                          options: ConvertOptions(format: target, type: type, blockSize: Ops.blockSize(target),
+                                                                                  sourceSpace: try store.space()))
                 #expect(result.virtualSize == UInt64(Ops.size))
                 let level = try DiskImages.openLevel(dst)
                 #expect(level.format == target)

@@ -48,9 +48,9 @@ enum Ops {
         try image.flush()
     }
 
-    /// Every virtual byte of `path` read through its chain.
-    static func readAll(_ path: FilePath) throws -> [UInt8] {
-        let chain = try PendingMergeChain.open(path)
+    /// Every virtual byte of `path` read through its chain, in the given kind of store.
+    static func readAll(_ path: FilePath, store: StoreKind = .local) throws -> [UInt8] {
+        let chain = try PendingMergeChain.open(path, in: try store.space())
         defer { try? chain.close() }
         return try chain.leaf.read(count: Int(chain.leaf.virtualSize), at: 0)
     }

@@ -10,16 +10,17 @@ import Storage
 
     /// Random writes at every level of chains 2–4 deep, then a merge of the leaf into a random
     /// ancestor: the ancestor then reads what the leaf read, lower levels are unchanged, and the
-    /// external readers agree.
-    @Test(arguments: cases)
-    func randomizedMergeMatchesModel(format: DiskFormat, baseType: DiskType) throws {
+    /// external readers agree. The chains are read before and after through each kind of store.
+    @Test(arguments: cases, StoreKind.allCases)
+    func randomizedMergeMatchesModel(kind: (DiskFormat, DiskType), store: StoreKind) throws {
+        let (format, baseType) = kind
         for seed in UInt64(1)...4 {
             let dir = try TempDir("ops-merge")
             var rng = SeededRandom(seed: seed &* 7919 &+ UInt64(format.rawValue.count * 2 + (baseType == .fixed ? 1 : 0)))
             var model = ChainModel(size: Ops.size)
             let depth = Int.random(in: 1...3, using: &rng)
             let paths = try Ops.buildChain(in: dir, format: format, baseType: baseType, depth: depth, rng: &rng, model: &model)
-            let leafBefore = try Ops.readAll(paths.last!)
+            let leafBefore = try Ops.readAll(paths.last!, store: store)
             #expect(Ops.firstDifference(leafBefore, model.view(depth)) == nil, "the chain reads the model before the merge (seed \(seed))")
             let ancestor = Int.random(in: 0..<depth, using: &rng)  // base-first index
             let result = try MergeOperation.merge(child: paths.last!, options: MergeOptions(into: paths[ancestor]))
@@ -27,10 +28,10 @@ import Storage
             #expect(result.removed.count == depth - ancestor)
             for p in paths[(ancestor + 1)...] { #expect(!FileOps.exists(p), "\(p) removed") }
             #expect(!FileOps.exists(MergeIntent.recordPath(for: paths.last!)))
-            let after = try Ops.readAll(paths[ancestor])
+            let after = try Ops.readAll(paths[ancestor], store: store)
             #expect(Ops.firstDifference(after, leafBefore) == nil, "merged ancestor reads the old leaf (seed \(seed), depth \(depth), into \(ancestor))")
             for l in 0..<ancestor {
-                #expect(Ops.firstDifference(try Ops.readAll(paths[l]), model.view(l)) == nil, "level \(l) unchanged")
+                #expect(Ops.firstDifference(try Ops.readAll(paths[l], store: store), model.view(l)) == nil, "level \(l) unchanged")
             }
             let report = try ChainCheck.check(path: paths[ancestor])
             #expect(report.isClean, "\(report.allProblems)")

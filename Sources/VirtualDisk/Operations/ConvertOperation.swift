@@ -16,10 +16,19 @@ public struct ConvertOptions: Sendable {
     public var type: DiskType?
     /// The target's block size; nil means the format's default.
     public var blockSize: Int?
-    public init(format: DiskFormat? = nil, type: DiskType? = nil, blockSize: Int? = nil) {
+    /// Where the source chain lives (the local filesystem by default; any store space works, e.g. a
+    /// share or a helper process: the chain is read through it).
+    public var sourceSpace: any StoreSpace
+    /// Whether a block device may be the destination: converting onto a device erases what it held,
+    /// so it is refused unless allowed here (the image is written raw, holes as zeros).
+    public var allowDeviceDestination: Bool
+    public init(format: DiskFormat? = nil, type: DiskType? = nil, blockSize: Int? = nil,
+                sourceSpace: any StoreSpace = LocalFileSystem(), allowDeviceDestination: Bool = false) {
         self.format = format
         self.type = type
         self.blockSize = blockSize
+        self.sourceSpace = sourceSpace
+        self.allowDeviceDestination = allowDeviceDestination
     }
 }
 
@@ -48,11 +57,17 @@ public enum ConvertOperation {
     public static func convert(source: FilePath, destination: FilePath, options: ConvertOptions = ConvertOptions(),
                                progress: ProgressReporter? = nil) throws -> ConvertResult {
         let destination = FileOps.absolute(destination)
-        if FileOps.exists(destination) { throw StorageError.exists(path: destination.string) }
-        let chain = try PendingMergeChain.open(source)
+        let local = LocalFileSystem()
+        if local.kind(of: destination) == .blockDevice {
+            return try DeviceWrite.convert(source: source, device: destination, options: options, progress: progress)
+        }
+        if local.exists(destination) { throw StorageError.exists(path: destination.string) }
+        let chain = try PendingMergeChain.open(source, in: options.sourceSpace)
         defer { try? chain.close() }
         let leaf = chain.leaf
-        if OperationIO.key(destination) == OperationIO.key(source) { throw StorageError.exists(path: destination.string) }
+        if options.sourceSpace is LocalFileSystem, OperationIO.key(destination) == OperationIO.key(source) {
+            throw StorageError.exists(path: destination.string)
+        }
 
         let format = options.format ?? DiskFormat.fromExtension(of: destination)
         let type = options.type ?? ((leaf.type == .fixed && leaf.format != .raw) ? .fixed : .dynamic)
@@ -110,7 +125,7 @@ public enum ConvertOperation {
         }
         let store = try BlockFile.open(destination, writable: false)
         defer { try? store.close() }
-        return ConvertResult(source: FileOps.absolute(source).string, destination: destination.string, format: format, type: type,
+        return ConvertResult(source: options.sourceSpace.absolute(source).string, destination: destination.string, format: format, type: type,
                              virtualSize: leaf.virtualSize, bytesWritten: written.bytes, bytesCloned: written.cloned,
                              fileSize: try store.size(), allocatedBytes: try store.allocatedBytes())
     }

@@ -53,7 +53,12 @@ public struct MergeIntent: Codable, Sendable, Equatable {
         do { data = try Data(contentsOf: URL(fileURLWithPath: path.string)) } catch {
             throw StorageError.io(path: path.string, operation: "read merge record", errno: .ioError)
         }
-        do { return try JSONDecoder().decode(MergeIntent.self, from: data) } catch {
+        return try decode([UInt8](data), path: path)
+    }
+
+    /// Decodes a record's bytes (read from `path`).
+    static func decode(_ bytes: [UInt8], path: FilePath) throws -> MergeIntent {
+        do { return try JSONDecoder().decode(MergeIntent.self, from: Data(bytes)) } catch {
             throw DiskError.corrupt(path: path.string, reason: "the merge record is not valid JSON (\(error)); it was written by an interrupted merge")
         }
     }

@@ -7,7 +7,7 @@ struct DiskConvert: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "convert",
         abstract: "Copy a disk (or a whole differencing chain, flattened) into a new image of any format and type.",
-        discussion: "SRC is never modified. DST is written under a temporary name and appears only when complete; it must not exist. Holes stay holes and all-zero blocks are not stored."
+        discussion: "SRC is never modified. DST is written under a temporary name and appears only when complete; it must not exist. Holes stay holes and all-zero blocks are not stored. SRC may be a block device; DST may be one only with --overwrite-device (written raw, every byte)."
     )
 
     @Argument(help: "The source image (a chain leaf is flattened).") var source: String
@@ -15,6 +15,7 @@ struct DiskConvert: ParsableCommand {
     @Option(help: "vhd, vhdx or raw (default: from DST's extension).") var format: DiskFormat?
     @Option(help: "fixed or dynamic (default: fixed for a fixed VHD/VHDX source, else dynamic).") var type: DiskType?
     @Option(help: "Block size of the new image, a power of two.") var blockSize: Size?
+    @Flag(help: "Allow DST to be a block device: the disk is written onto it raw, erasing what it held.") var overwriteDevice = false
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() throws {
@@ -22,7 +23,8 @@ struct DiskConvert: ParsableCommand {
         let bar = ProgressBar("convert")
         defer { bar.finish() }
         let result = try ConvertOperation.convert(source: FilePath(source), destination: FilePath(destination),
-                                                  options: ConvertOptions(format: format, type: type, blockSize: blockSize.map { Int($0.bytes) }),
+                                                  options: ConvertOptions(format: format, type: type, blockSize: blockSize.map { Int($0.bytes) },
+                                                                          allowDeviceDestination: overwriteDevice),
                                                   progress: bar.handler)
         bar.finish()
         if json { try Output.json(result); return }

@@ -9,14 +9,14 @@ import VirtualDisk
 /// (`BlockFile`), and a read-only store whose every byte comes from a helper process through a pipe
 /// (`bulwark storage serve /` behind `HelperProcessSource`), the second implementation that proves the
 /// formats use nothing but the `ByteStore` seam.
-enum StoreKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
+public enum StoreKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
     case local
     case helperProcess
 
-    var testDescription: String { rawValue }
+    public var testDescription: String { rawValue }
 
     /// A space to read images through (paths are the local absolute paths in both).
-    func space() throws -> any StoreSpace {
+    public func space() throws -> any StoreSpace {
         switch self {
         case .local:
             return LocalFileSystem()
@@ -26,12 +26,12 @@ enum StoreKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
     }
 
     /// Opens a chain for reading in this kind of store.
-    func openChain(_ path: String) throws -> DiskChain {
+    public func openChain(_ path: String) throws -> DiskChain {
         try DiskChain.open(FilePath(path), in: try space())
     }
 
     /// Checks that the chain's reads went through this kind of store.
-    func readThroughSeam(_ chain: DiskChain) -> Bool {
+    public func readThroughSeam(_ chain: DiskChain) -> Bool {
         switch self {
         case .local: return chain.levels.allSatisfy { $0.store is BlockFile }
         case .helperProcess: return chain.levels.allSatisfy { ($0.store as? RangeStore)?.readCount.reads ?? 0 > 0 }
