@@ -83,6 +83,15 @@ public final class GuestAgentClient {
         return value as? Int ?? 0
     }
 
+    /// The mountpoints of the filesystems the agent sees (`guest-get-fsinfo`): what a
+    /// `guest-fsfreeze-freeze-list` can freeze. The agent refuses this call while frozen.
+    public func mountpoints() throws -> [String] {
+        guard let list = try execute("guest-get-fsinfo") as? [[String: Any]] else {
+            throw ShadowCopyError.agentError(socket: socketPath, command: "guest-get-fsinfo", reason: "answer is not a list")
+        }
+        return list.compactMap { $0["mountpoint"] as? String }
+    }
+
     /// Thaws every frozen filesystem; returns how many.
     @discardableResult
     public func thaw() throws -> Int { try execute("guest-fsfreeze-thaw") as? Int ?? 0 }
