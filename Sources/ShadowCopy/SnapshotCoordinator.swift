@@ -131,6 +131,9 @@ final class SnapshotRun: @unchecked Sendable {
         } catch {
             outcome = .failure(SnapshotFailure(cause: Self.cause(error), result: result(consistency: .crashConsistent)))
         }
+        // No hook process of this snapshot outlives it (a freeze or thaw past its deadline).
+        let id = context.snapshotID
+        await BlockingIO.runQuietly { RunningHooks.shared.stop(snapshotID: id, wait: TimedProcess.killGrace) }
         await lease.release()
         return try outcome.get()
     }
