@@ -110,6 +110,7 @@ final class SnapshotRun: @unchecked Sendable {
 
     func execute() async throws -> SnapshotResult {
         guard !disks.isEmpty else { throw ShadowCopyError.invalidArgument("a snapshot needs at least one disk") }
+        if let problem = SnapshotPolicy.holdTimeoutProblem(policy.holdTimeout) { throw ShadowCopyError.invalidArgument(problem) }
         let ids = tracks.map(\.identity.id)
         guard Set(ids).count == ids.count else { throw ShadowCopyError.invalidArgument("the same writer is listed twice") }
         let keys = tracks.flatMap(\.writer.resources) + provider.resources(disks: disks)

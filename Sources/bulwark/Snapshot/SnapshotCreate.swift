@@ -24,7 +24,8 @@ struct SnapshotCreate: ParsableCommand {
     var qga: [String] = []
     @Option(help: "Freeze this host filesystem (FIFREEZE).") var fsfreeze: [String] = []
     @Option(help: "An executable called with freeze and thaw.") var hook: [String] = []
-    @Option(help: "Longest freeze hold.") var timeout: Seconds = Seconds(argument: "10s")!
+    @Option(parsing: .unconditional, help: ArgumentHelp("Longest freeze hold (1s to 1h).", valueName: "duration"))
+    var timeout: Seconds = Seconds(10)
     @Option(help: "Where copies go.") var output: String?
     @Option(help: "The writer state folder.") var stateDir: String?
     @Flag(help: "Continue crash-consistent when a writer fails, instead of failing.") var allowCrashConsistent = false
@@ -33,6 +34,8 @@ struct SnapshotCreate: ParsableCommand {
 
     func validate() throws {
         if disk.isEmpty { throw ValidationError("--disk is required") }
+        if let error = timeout.validationError(option: "timeout") { throw error }
+        if let problem = SnapshotPolicy.holdTimeoutProblem(timeout.value) { throw ValidationError("--timeout \(timeout.given): \(problem)") }
         if output == nil, provider != .differencing { throw ValidationError("--output is required for the \(provider.rawValue) provider") }
     }
 
