@@ -20,6 +20,8 @@ public enum ShadowCopyError: Error, Equatable, Sendable, CustomStringConvertible
     case hookFailed(hook: String, phase: String, reason: String)
     /// The reflink (FICLONE) copy is impossible on this filesystem.
     case reflinkUnsupported(source: String, destination: String, reason: String)
+    /// The output folder cannot be made or written (checked before anything is frozen).
+    case outputUnusable(path: String, reason: String)
     /// A provider could not take the point-in-time copy.
     case providerFailed(provider: String, reason: String)
     /// A phase ran past its deadline.
@@ -55,6 +57,8 @@ public enum ShadowCopyError: Error, Equatable, Sendable, CustomStringConvertible
             return "hook \(hook) \(phase): \(reason)"
         case let .reflinkUnsupported(source, destination, reason):
             return "\(source): cannot reflink to \(destination): \(reason)"
+        case let .outputUnusable(path, reason):
+            return "output folder \(path): \(reason)"
         case let .providerFailed(provider, reason):
             return "provider \(provider): \(reason)"
         case let .timedOut(phase, seconds):
