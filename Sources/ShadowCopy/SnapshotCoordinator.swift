@@ -171,7 +171,7 @@ final class SnapshotRun: @unchecked Sendable {
             let choice = try await request.provider.resolve(disks: disks, context: context)
             provider = choice.provider
             providerChoice = choice.reason
-            if let reason = choice.reason { log.add("provider \(request.provider.name): \(reason)") }
+            if let reason = choice.reason { log.add("provider \(request.provider.name) chose \(provider.name): \(reason)") }
         } catch {
             try await finishWithoutFreeze(writerFailed: false)
             throw fail(error)

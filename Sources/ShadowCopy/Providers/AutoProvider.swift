@@ -23,8 +23,8 @@ public struct AutoProvider: SnapshotProvider {
                 throw e
             }
         }
-        if let reason { return ProviderChoice(CopyProvider(), reason: "copy, because \(reason)") }
-        return ProviderChoice(ReflinkProvider(), reason: "reflink: the output folder shares the disks' filesystem (\(OutputFolder.filesystemType(of: output) ?? "unknown")), which can share extents")
+        if let reason { return ProviderChoice(CopyProvider(), reason: reason) }
+        return ProviderChoice(ReflinkProvider(), reason: "the output folder shares the disks' filesystem (\(OutputFolder.filesystemType(of: output) ?? "unknown")), which can share extents")
     }
 
     // Never called: the coordinator uses the provider `resolve` chose.
