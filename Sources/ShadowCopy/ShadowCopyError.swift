@@ -13,10 +13,15 @@ public enum ShadowCopyError: Error, Equatable, Sendable, CustomStringConvertible
     case freezeFailed(mountpoint: String, operation: String, errno: Errno)
     /// Freezing this filesystem would freeze the host itself (or the coordinator's own files).
     case refusedToFreeze(mountpoint: String, reason: String)
+    /// A writer's freeze left some of what it was asked to freeze unfrozen (a guest agent that froze
+    /// fewer filesystems than mountpoints given): the copy would not be application-consistent.
+    case notFrozen(writer: String, mountpoints: [String], reason: String)
     /// A hook script failed, could not start, or was killed after its timeout.
     case hookFailed(hook: String, phase: String, reason: String)
     /// The reflink (FICLONE) copy is impossible on this filesystem.
     case reflinkUnsupported(source: String, destination: String, reason: String)
+    /// The output folder cannot be made or written (checked before anything is frozen).
+    case outputUnusable(path: String, reason: String)
     /// A provider could not take the point-in-time copy.
     case providerFailed(provider: String, reason: String)
     /// A phase ran past its deadline.
@@ -46,10 +51,14 @@ public enum ShadowCopyError: Error, Equatable, Sendable, CustomStringConvertible
             return "\(mountpoint): \(operation) failed: \(errno) (errno \(errno.rawValue))"
         case let .refusedToFreeze(mountpoint, reason):
             return "\(mountpoint): refusing to freeze: \(reason)"
+        case let .notFrozen(writer, mountpoints, reason):
+            return "\(writer): did not freeze \(mountpoints.joined(separator: ", ")): \(reason)"
         case let .hookFailed(hook, phase, reason):
             return "hook \(hook) \(phase): \(reason)"
         case let .reflinkUnsupported(source, destination, reason):
             return "\(source): cannot reflink to \(destination): \(reason)"
+        case let .outputUnusable(path, reason):
+            return "output folder \(path): \(reason)"
         case let .providerFailed(provider, reason):
             return "provider \(provider): \(reason)"
         case let .timedOut(phase, seconds):

@@ -92,6 +92,11 @@ final class SnapshotRun: @unchecked Sendable {
     var holdStartDate: Date?
     var holdEnd: Double?
     var provided: ProviderSnapshot?
+    /// The provider taking the copy: the request's, or the one it resolved to (`auto`).
+    var provider: any SnapshotProvider
+    var providerChoice: String?
+    var output: OutputFolder?
+    var warnings: [String] = []
 
     init(request: SnapshotRequest, stateDirectory: String, watchdog: WatchdogConfiguration?, log: SnapshotLog) {
         self.request = request
@@ -104,13 +109,14 @@ final class SnapshotRun: @unchecked Sendable {
                                   outputDirectory: Paths.canonical(request.outputDirectory), log: log,
                                   protectedPaths: [stateDirectory, request.outputDirectory])
         tracks = request.writers.map(WriterTrack.init)
+        provider = request.provider
     }
 
     var disks: [String] { context.disks }
-    var provider: any SnapshotProvider { request.provider }
 
     func execute() async throws -> SnapshotResult {
         guard !disks.isEmpty else { throw ShadowCopyError.invalidArgument("a snapshot needs at least one disk") }
+        if let problem = SnapshotPolicy.holdTimeoutProblem(policy.holdTimeout) { throw ShadowCopyError.invalidArgument(problem) }
         let ids = tracks.map(\.identity.id)
         guard Set(ids).count == ids.count else { throw ShadowCopyError.invalidArgument("the same writer is listed twice") }
         let keys = tracks.flatMap(\.writer.resources) + provider.resources(disks: disks)
@@ -132,6 +138,9 @@ final class SnapshotRun: @unchecked Sendable {
         } catch {
             outcome = .failure(SnapshotFailure(cause: Self.cause(error), result: result(consistency: .crashConsistent)))
         }
+        // No hook process of this snapshot outlives it (a freeze or thaw past its deadline).
+        let id = context.snapshotID
+        await BlockingPool.control.runQuietly { RunningHooks.shared.stop(snapshotID: id, wait: TimedProcess.killGrace) }
         await lease.release()
         return try outcome.get()
     }
@@ -152,6 +161,24 @@ final class SnapshotRun: @unchecked Sendable {
     private func body(lease: ResourceLease) async throws -> SnapshotResult {
         for t in tracks {
             log.add("writer \(t.identity.name) id \(t.identity.id) covers \(t.identity.covers.joined(separator: ", "))")
+        }
+        // The output folder and the provider, before any writer is even prepared.
+        do {
+            let dir = request.outputDirectory
+            let folder = try await BlockingPool.control.run { try OutputFolder.prepare(dir) }
+            output = folder
+            log.add("output folder \(folder.path) (\(folder.filesystem))\(folder.created ? ", created" : "")")
+            let (disks, context) = (self.disks, self.context)
+            let choice = try await request.provider.resolve(disks: disks, context: context)
+            provider = choice.provider
+            providerChoice = choice.reason
+            if let reason = choice.reason { log.add("provider \(request.provider.name) chose \(provider.name): \(reason)") }
+        } catch {
+            try await finishWithoutFreeze(writerFailed: false)
+            throw fail(error)
+        }
+        if tracks.isEmpty {
+            warn("no writer given: nothing is frozen, so the copy is only crash-consistent (what a power cut would leave); add a writer (guest agent, filesystem freeze or hook) for an application-consistent copy")
         }
         try await resetStuckWriters()
 
@@ -267,7 +294,16 @@ final class SnapshotRun: @unchecked Sendable {
         await completeAll(succeeded: failure == nil)
         do { try await persist() } catch { log.add("could not record writer states: \(error)") }
         if let failure { throw fail(failure) }
+        for t in tracks where t.state == .failed {
+            warn("writer \(t.identity.name) failed (\(t.message)); the snapshot went on without it, so the copy is only crash-consistent")
+        }
         return result(consistency: anyFrozen && !writerFailed ? .applicationConsistent : .crashConsistent)
+    }
+
+    /// A warning for the user: in the log as it happens and in the result.
+    private func warn(_ text: String) {
+        warnings.append(text)
+        log.add("warning: " + text)
     }
 
     /// Writers found not stable (failed, or left mid-snapshot by a crash) are reset to stable; one
@@ -348,7 +384,8 @@ final class SnapshotRun: @unchecked Sendable {
         SnapshotResult(snapshotID: context.snapshotID, consistency: consistency, copies: provided?.copies ?? [],
                        newLeaves: provided?.newLeaves ?? [],
                        freezeHoldSeconds: holdStart.map { (holdEnd ?? Clock.now()) - $0 } ?? 0, freezeStarted: holdStartDate,
-                       totalSeconds: Clock.now() - started, provider: provider.name,
+                       totalSeconds: Clock.now() - started, provider: provider.name, providerChoice: providerChoice,
+                       output: output, warnings: warnings,
                        writers: tracks.map(\.result), log: log.all)
     }
 }

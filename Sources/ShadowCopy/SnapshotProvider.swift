@@ -18,6 +18,10 @@ public struct ProviderSnapshot: Sendable {
 public protocol SnapshotProvider: Sendable {
     /// `reflink`, `copy`, `differencing`, ...
     var name: String { get }
+    /// The provider that takes the copy: itself, or the one a chooser (`AutoProvider`) picks for
+    /// these disks and this output folder, with why. Called once the output folder exists and
+    /// before any writer is prepared.
+    func resolve(disks: [String], context: SnapshotContext) async throws -> ProviderChoice
     /// Resources to lock (the disks).
     func resources(disks: [String]) -> [String]
     func prepare(disks: [String], context: SnapshotContext) async throws
@@ -26,7 +30,18 @@ public protocol SnapshotProvider: Sendable {
     func abort(disks: [String], context: SnapshotContext) async
 }
 
+/// The provider a snapshot uses, and why it was chosen (nil when it was asked for by name).
+public struct ProviderChoice: Sendable {
+    public var provider: any SnapshotProvider
+    public var reason: String?
+    public init(_ provider: any SnapshotProvider, reason: String? = nil) {
+        self.provider = provider
+        self.reason = reason
+    }
+}
+
 extension SnapshotProvider {
+    public func resolve(disks: [String], context: SnapshotContext) async throws -> ProviderChoice { ProviderChoice(self) }
     public func resources(disks: [String]) -> [String] { disks.map { "disk:" + Paths.canonical($0) } }
     public func finish(_ snapshot: ProviderSnapshot, context: SnapshotContext) async throws {}
     public func abort(disks: [String], context: SnapshotContext) async {}

@@ -30,6 +30,20 @@ public struct SnapshotPolicy: Sendable {
         self.lockTimeout = lockTimeout
         self.fallBackToCrashConsistent = fallBackToCrashConsistent
     }
+
+    /// The hold deadlines accepted. Every freeze, the provider's copy and every thaw run inside the
+    /// hold, so a hold of milliseconds would fail every snapshot (with deadlines already past); one
+    /// of hours would leave guests frozen that long.
+    public static let holdTimeoutRange: ClosedRange<Double> = 1...3600
+
+    /// Why `seconds` cannot be a hold deadline, or nil when it can.
+    public static func holdTimeoutProblem(_ seconds: Double) -> String? {
+        guard seconds.isFinite, !holdTimeoutRange.contains(seconds) else { return seconds.isFinite ? nil : "not a finite duration" }
+        let limit = seconds < holdTimeoutRange.lowerBound
+            ? "too short: the freezes, the copy and the thaws all run inside it; give at least \(Int(holdTimeoutRange.lowerBound)) s"
+            : "too long: writers would stay frozen that long; give at most \(Int(holdTimeoutRange.upperBound)) s"
+        return "a freeze hold of \(String(format: "%g", seconds)) s is \(limit)"
+    }
 }
 
 /// One snapshot set: the writers to freeze, the disks to copy and how.

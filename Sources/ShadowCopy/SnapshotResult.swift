@@ -40,7 +40,16 @@ public struct SnapshotResult: Codable, Sendable {
     public var freezeStarted: Date?
     /// Seconds the whole snapshot took.
     public var totalSeconds: Double
+    /// The provider that took the copy (for `auto`, the one it chose).
     public var provider: String
+    /// Why that provider was chosen, when it was chosen (`auto`); nil when asked for by name.
+    public var providerChoice: String?
+    /// The output folder (its filesystem; whether the snapshot created it). Nil when the snapshot
+    /// failed before it was checked.
+    public var output: OutputFolder?
+    /// What the user should know about this copy (no writer, so only crash-consistent; a writer
+    /// that failed and was left out).
+    public var warnings: [String]
     public var writers: [WriterResult]
     /// The job log: hook output and coordinator notes, in order.
     public var log: [String]

@@ -238,6 +238,16 @@ public enum Watchdog {
             }
             throw lastError!
         case let .hook(path, environment, timeout):
+            // The dead coordinator's freeze of this hook may still be running (its process group
+            // survives the coordinator): kill it, and wait for it, before the thaw, or its freeze
+            // could finish after the thaw and leave the application frozen for good.
+            if let marker = environment[HookWriter.runMarkerVariable] {
+                let (found, alive) = ProcessScan.killAll(withEnvironment: HookWriter.runMarkerVariable, equalTo: marker,
+                                                         wait: TimedProcess.killGrace)
+                if found > 0 {
+                    note("killed \(found) process(es) of hook \(path) still running" + (alive > 0 ? " (\(alive) blocked in the kernel, SIGKILL pending)" : ""))
+                }
+            }
             try HookWriter.run(path: path, phase: "thaw", environment: environment, timeout: timeout,
                                log: SnapshotLog(echo: { note($0) }))
         }

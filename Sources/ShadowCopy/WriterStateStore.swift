@@ -6,11 +6,14 @@ import SystemPackage
 import VirtualDisk
 import Storage
 
-/// The persisted writer states: `<state dir>/writers.json`, one record per writer id, read and
-/// rewritten under an exclusive `flock` on `writers.json.lock`, published by rename so a reader
-/// never sees half a file. Several coordinators (and the watchdog) share it.
+/// The persisted writer states: `<state dir>/writers.json`, one record per writer id, rewritten
+/// under an exclusive `flock` on `writers.json.lock` and published by rename, so a reader never sees
+/// half a file. Several coordinators (and the watchdog) share it.
 ///
-/// Blocking: call from a `BlockingIO` thread.
+/// Reading takes no lock and writes nothing (a rename-published file is always whole), so
+/// `bulwark writers list` works for a user who may read the state folder but not write it.
+///
+/// Blocking: call from a `BlockingPool` thread.
 public struct WriterStateStore: Sendable {
     /// The default state folder, unless BULWARK_STATE_DIR says otherwise.
     public static let defaultDirectory = "/var/lib/bulwark"
@@ -27,9 +30,9 @@ public struct WriterStateStore: Sendable {
 
     public init(directory: String) { self.directory = directory }
 
-    /// Every record, ordered by name then id. A missing file is an empty list.
+    /// Every record, ordered by name then id. A missing file is an empty list. Read-only.
     public func load() throws -> [WriterRecord] {
-        try locked { try read() }
+        try read()
     }
 
     /// Applies `change` to the records and writes them back, atomically under the lock.
@@ -52,7 +55,7 @@ public struct WriterStateStore: Sendable {
         let lockPath = path + ".lock"
         if !FileOps.exists(FilePath(directory)) { return try body() }
         let fd = open(lockPath, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw ShadowCopyError.stateFile(path: lockPath, reason: "open: \(Errno(rawValue: errno))") }
+        guard fd >= 0 else { throw Self.failure(lockPath, "cannot open the lock file to change the writer states", Errno(rawValue: errno)) }
         defer { close(fd) }
         while flock(fd, LOCK_EX) != 0 {
             if errno != EINTR { throw ShadowCopyError.stateFile(path: lockPath, reason: "flock: \(Errno(rawValue: errno))") }
@@ -61,10 +64,25 @@ public struct WriterStateStore: Sendable {
     }
 
     private func read() throws -> [WriterRecord] {
-        guard let data = FileManager.default.contents(atPath: path) else { return [] }
+        let data: [UInt8]
+        do {
+            let file = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec])
+            defer { try? file.close() }
+            var bytes: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 64 << 10)
+            while true {
+                let n = try chunk.withUnsafeMutableBytes { try file.read(into: $0, retryOnInterrupt: true) }
+                if n == 0 { break }
+                bytes += chunk[..<n]
+            }
+            data = bytes
+        } catch let e as Errno {
+            if e == .noSuchFileOrDirectory { return [] }
+            throw Self.failure(path, "cannot read the writer states", e)
+        }
         if data.isEmpty { return [] }
         do {
-            return try Self.decoder.decode([WriterRecord].self, from: data)
+            return try Self.decoder.decode([WriterRecord].self, from: Data(data))
         } catch {
             throw ShadowCopyError.stateFile(path: path, reason: "not a valid writer state file: \(error)")
         }
@@ -85,6 +103,14 @@ public struct WriterStateStore: Sendable {
             try? FileOps.remove(FilePath(temp))
             throw ShadowCopyError.stateFile(path: path, reason: "\(error)")
         }
+    }
+
+    /// A state file error that says what to do about a permission problem.
+    static func failure(_ path: String, _ what: String, _ e: Errno) -> ShadowCopyError {
+        let hint = e == .permissionDenied || e == .notPermitted || e == .readOnlyFileSystem
+            ? "; the writer states belong to the user who takes snapshots (root, usually): run as that user, or point --state-dir or BULWARK_STATE_DIR at a folder you may \(what.hasPrefix("cannot read") ? "read" : "write")"
+            : ""
+        return .stateFile(path: path, reason: "\(what): \(e) (errno \(e.rawValue))\(hint)")
     }
 
     static var encoder: JSONEncoder {

@@ -7,16 +7,23 @@ import Storage
 /// the current leaf file becomes the frozen point-in-time image, and a new differencing child of it
 /// (next to it, `<stem>_<snapshot id>.avhdx` / `.avhd`) becomes the live leaf the guest must write to
 /// from now on. Takes milliseconds; merging the child back later is the disk engine's merge.
+///
+/// The children go into `childDirectory` when one is given (Hyper-V's snapshot file location; the
+/// child finds its parent by a relative locator), else next to each disk.
 public struct DifferencingProvider: SnapshotProvider {
-    public init() {}
+    /// Where the new children go (nil: next to each disk).
+    public var childDirectory: String?
+
+    public init(childDirectory: String? = nil) { self.childDirectory = childDirectory.map(Paths.canonical) }
     public var name: String { "differencing" }
 
-    /// The new child's path for `disk`.
-    public static func childPath(of disk: String, format: DiskFormat, snapshotID: String) -> String {
+    /// The new child's path for `disk`: in `directory`, or next to the disk.
+    public static func childPath(of disk: String, format: DiskFormat, snapshotID: String, in directory: String? = nil) -> String {
         let path = FilePath(disk)
         let stem = path.stem ?? "disk"
         let ext = format == .vhdx ? "avhdx" : "avhd"
-        return path.removingLastComponent().appending("\(stem)_\(snapshotID).\(ext)").string
+        let folder = directory.map { FilePath($0) } ?? path.removingLastComponent()
+        return folder.appending("\(stem)_\(snapshotID).\(ext)").string
     }
 
     private static func format(of disk: String) throws -> DiskFormat {
@@ -28,23 +35,23 @@ public struct DifferencingProvider: SnapshotProvider {
     }
 
     public func prepare(disks: [String], context: SnapshotContext) async throws {
-        let id = context.snapshotID
+        let (id, folder) = (context.snapshotID, childDirectory)
         try await BlockingPool.disk.run {
             for disk in disks {
-                let child = Self.childPath(of: disk, format: try Self.format(of: disk), snapshotID: id)
+                let child = Self.childPath(of: disk, format: try Self.format(of: disk), snapshotID: id, in: folder)
                 if FileOps.exists(FilePath(child)) { throw ShadowCopyError.providerFailed(provider: "differencing", reason: "\(child) exists already") }
             }
         }
     }
 
     public func snapshot(disks: [String], context: SnapshotContext, deadline: Date) async throws -> ProviderSnapshot {
-        let id = context.snapshotID
+        let (id, folder) = (context.snapshotID, childDirectory)
         let children = try await BlockingPool.disk.run {
             var made: [String] = []
             do {
                 for disk in disks {
                     let format = try Self.format(of: disk)
-                    let child = Self.childPath(of: disk, format: format, snapshotID: id)
+                    let child = Self.childPath(of: disk, format: format, snapshotID: id, in: folder)
                     let image = try DiskImages.create(at: FilePath(child), options: CreateOptions(format: format, type: .differencing, parentPath: FilePath(disk)))
                     made.append(child)
                     try image.flush()
@@ -67,7 +74,7 @@ public struct DifferencingProvider: SnapshotProvider {
     public func abort(disks: [String], context: SnapshotContext) async {
         for disk in disks {
             for format in [DiskFormat.vhd, .vhdx] {
-                try? FileOps.remove(FilePath(Self.childPath(of: disk, format: format, snapshotID: context.snapshotID)))
+                try? FileOps.remove(FilePath(Self.childPath(of: disk, format: format, snapshotID: context.snapshotID, in: childDirectory)))
             }
         }
     }

@@ -10,7 +10,9 @@ import Storage
 /// Point-in-time copy by reflink (FICLONE): the copy shares the disk file's extents, so it takes
 /// milliseconds whatever the size. Needs the copy on the same filesystem as the disk, and a
 /// filesystem that can share extents: xfs made with `reflink=1`, or btrfs. ext4 cannot (EOPNOTSUPP);
-/// `prepare` finds that out with a probe clone before anything is frozen.
+/// `prepare` finds that out with a probe clone before anything is frozen. A differencing disk is
+/// cloned with its whole chain (the parents before the freeze) and the clones re-pointed at each
+/// other after the thaw, so the snapshot stands alone.
 public struct ReflinkProvider: SnapshotProvider {
     public init() {}
     public var name: String { "reflink" }
@@ -19,13 +21,12 @@ public struct ReflinkProvider: SnapshotProvider {
         try ProviderFiles.makeDirectory(context, provider: name)
         let dir = ProviderFiles.directory(context)
         try await BlockingPool.disk.run {
-            for disk in disks {
-                guard FileOps.exists(FilePath(disk)) else { throw ShadowCopyError.providerFailed(provider: "reflink", reason: "\(disk): no such file") }
-                if Paths.device(of: disk) != Paths.device(of: dir) {
-                    throw ShadowCopyError.reflinkUnsupported(source: disk, destination: dir, reason: "a reflink copy must be on the same filesystem as the disk; choose an output folder on it or use --provider copy")
-                }
+            let (items, _) = try ProviderFiles.cachedPlan(disks, context)
+            for item in items where Paths.device(of: item.source) != Paths.device(of: dir) {
+                throw ShadowCopyError.reflinkUnsupported(source: item.source, destination: dir, reason: "a reflink copy must be on the same filesystem as the disk; choose an output folder on it or use --provider copy")
             }
             try Self.probe(in: dir, source: disks.first ?? dir)
+            for item in items where !item.isLeaf { try Self.clone(item.source, to: item.target) }
         }
     }
 
@@ -57,31 +58,39 @@ public struct ReflinkProvider: SnapshotProvider {
     }
 
     public func snapshot(disks: [String], context: SnapshotContext, deadline: Date) async throws -> ProviderSnapshot {
-        let targets = disks.map { ProviderFiles.copyPath(of: $0, context) }
-        try await BlockingPool.disk.run {
-            for (disk, target) in zip(disks, targets) {
-                let src = open(disk, O_RDONLY | O_CLOEXEC)
-                guard src >= 0 else { throw ShadowCopyError.providerFailed(provider: "reflink", reason: "\(disk): open: \(Errno(rawValue: errno))") }
-                defer { close(src) }
-                let dst = open(target, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o644)
-                guard dst >= 0 else { throw ShadowCopyError.providerFailed(provider: "reflink", reason: "\(target): create: \(Errno(rawValue: errno))") }
-                defer { close(dst) }
-                if bulwark_ficlone(dst, src) != 0 {
-                    let e = Errno(rawValue: errno)
-                    unlink(target)
-                    throw ShadowCopyError.reflinkUnsupported(source: disk, destination: target, reason: Self.explain(e))
-                }
-            }
+        let leaves = try await BlockingPool.disk.run {
+            let (items, leaves) = try ProviderFiles.cachedPlan(disks, context)
+            for item in items where item.isLeaf { try Self.clone(item.source, to: item.target) }
+            return leaves
         }
-        return ProviderSnapshot(copies: targets)
+        return ProviderSnapshot(copies: leaves)
+    }
+
+    /// FICLONE of the whole of `source` into a new file `target`.
+    static func clone(_ source: String, to target: String) throws {
+        let src = open(source, O_RDONLY | O_CLOEXEC)
+        guard src >= 0 else { throw ShadowCopyError.providerFailed(provider: "reflink", reason: "\(source): open: \(Errno(rawValue: errno))") }
+        defer { close(src) }
+        let dst = open(target, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o644)
+        guard dst >= 0 else { throw ShadowCopyError.providerFailed(provider: "reflink", reason: "\(target): create: \(Errno(rawValue: errno))") }
+        defer { close(dst) }
+        if bulwark_ficlone(dst, src) != 0 {
+            let e = Errno(rawValue: errno)
+            unlink(target)
+            throw ShadowCopyError.reflinkUnsupported(source: source, destination: target, reason: Self.explain(e))
+        }
     }
 
     public func finish(_ snapshot: ProviderSnapshot, context: SnapshotContext) async throws {
-        let copies = snapshot.copies
-        try await BlockingPool.disk.run { try ProviderFiles.sync(copies, provider: "reflink") }
+        try await BlockingPool.disk.run {
+            defer { ProviderFiles.forgetPlan(context) }
+            let (items, _) = try ProviderFiles.cachedPlan(context.disks, context)
+            try ProviderFiles.repoint(items)
+            try ProviderFiles.sync(items.map(\.target), provider: "reflink")
+        }
     }
 
     public func abort(disks: [String], context: SnapshotContext) async {
-        ProviderFiles.removeAll(disks, context)
+        ProviderFiles.removeAll(context)
     }
 }

@@ -30,6 +30,9 @@ enum Spawn {
                           keep.baseAddress, Int32(keep.count), Int32(flags))
         }
         guard pid > 0 else { throw ShadowCopyError.system(operation: "spawn \(path)", errno: Errno(rawValue: errno)) }
+        // The child calls setpgid itself, but may not have run yet: do it from this side too, so a
+        // kill of the group that follows at once cannot miss it (EACCES after its exec is fine).
+        if options.newProcessGroup && !options.newSession { _ = setpgid(pid, pid) }
         return pid
     }
 
@@ -69,69 +72,5 @@ enum Spawn {
             p += 1
         }
         return env
-    }
-}
-
-/// Runs a program to completion under a timeout, its stdout and stderr drained together (one pipe)
-/// line by line; on timeout its whole process group is killed. Blocking.
-enum TimedProcess {
-    struct Outcome {
-        var status: Int32?
-        var timedOut: Bool
-        var statusText: String
-    }
-
-    static func run(_ path: String, _ arguments: [String], environment: [String: String], timeout: Double,
-                    onLine: (String) -> Void) throws -> Outcome {
-        let (r, w) = try Spawn.pipe()
-        let pid: pid_t
-        do {
-            pid = try Spawn.start(path, arguments, environment: environment,
-                                  options: .init(stdout: w, stderr: w, newProcessGroup: true))
-        } catch {
-            close(r); close(w)
-            throw error
-        }
-        close(w)
-        defer { close(r) }
-        let deadline = Clock.now() + timeout
-        var pending: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        var timedOut = false
-        func flushLines(final: Bool) {
-            while let nl = pending.firstIndex(of: 0x0A) {
-                onLine(String(decoding: pending[..<nl], as: UTF8.self))
-                pending.removeSubrange(...nl)
-            }
-            if final, !pending.isEmpty { onLine(String(decoding: pending, as: UTF8.self)); pending.removeAll() }
-        }
-        var eof = false
-        while !eof {
-            let remaining = deadline - Clock.now()
-            if remaining <= 0 { timedOut = true; break }
-            var p = pollfd(fd: r, events: Int16(POLLIN), revents: 0)
-            let rc = poll(&p, 1, Int32(min(remaining * 1000 + 1, 60_000)))
-            if rc < 0, errno == EINTR { continue }
-            if rc <= 0 { continue }
-            let n = read(r, &buffer, buffer.count)
-            if n > 0 { pending += buffer[..<n]; flushLines(final: false) }
-            else if n == 0 { eof = true }
-            else if errno != EINTR && errno != EAGAIN { eof = true }
-        }
-        flushLines(final: true)
-        // Output closed: wait for the exit, still under the deadline.
-        var status: Int32?
-        while !timedOut {
-            if let s = Spawn.wait(pid, noHang: true) { status = s; break }
-            if Clock.now() >= deadline { timedOut = true; break }
-            usleep(5_000)
-        }
-        if timedOut {
-            kill(-pid, SIGKILL)
-            kill(pid, SIGKILL)
-            _ = Spawn.wait(pid)
-            return Outcome(status: nil, timedOut: true, statusText: "killed after its timeout of \(timeout) s")
-        }
-        return Outcome(status: status, timedOut: false, statusText: status.map { Spawn.describe($0).text } ?? "unknown status")
     }
 }

@@ -5,7 +5,7 @@ import SystemPackage
 import Storage
 
 /// A connected AF_UNIX stream socket with deadline-bounded I/O (poll + non-blocking read/write).
-/// Blocking: use from a `BlockingIO` thread.
+/// Blocking: use from a `BlockingPool` thread.
 final class UnixSocket {
     enum Failure: Error {
         /// No such socket, or nobody listens (ENOENT, ECONNREFUSED, ...).

@@ -6,7 +6,7 @@ import Storage
 /// flushes the agent's parser; its answer is preceded by 0xFF, and the id must come back), so stale
 /// answers of an earlier client are skipped.
 ///
-/// Blocking: use from a `BlockingIO` thread. One connection per phase: the agent serves one client at
+/// Blocking: use from a `BlockingPool` thread. One connection per phase: the agent serves one client at
 /// a time, and a fresh connection lets the watchdog thaw while a hung coordinator holds none.
 public final class GuestAgentClient {
     public let socketPath: String
@@ -82,6 +82,15 @@ public final class GuestAgentClient {
             ? try execute("guest-fsfreeze-freeze")
             : try execute("guest-fsfreeze-freeze-list", arguments: ["mountpoints": mountpoints])
         return value as? Int ?? 0
+    }
+
+    /// The mountpoints of the filesystems the agent sees (`guest-get-fsinfo`): what a
+    /// `guest-fsfreeze-freeze-list` can freeze. The agent refuses this call while frozen.
+    public func mountpoints() throws -> [String] {
+        guard let list = try execute("guest-get-fsinfo") as? [[String: Any]] else {
+            throw ShadowCopyError.agentError(socket: socketPath, command: "guest-get-fsinfo", reason: "answer is not a list")
+        }
+        return list.compactMap { $0["mountpoint"] as? String }
     }
 
     /// Thaws every frozen filesystem; returns how many.

@@ -24,20 +24,56 @@ struct SnapshotWatchdog: ParsableCommand {
     }
 }
 
-/// A duration argument: `10s`, `500ms`, `2m`, or plain seconds.
-struct Seconds: ExpressibleByArgument {
+/// A duration argument: `10s`, `500ms`, `2m`, `1h`, or plain seconds. Parsing never fails here: a
+/// bad value keeps its `problem`, which the command's `validate` reports, so the message can say
+/// what a duration is (argument-parser would only say "invalid value"). Options of this type use
+/// `parsing: .unconditional`, so `--timeout -1` reaches us as a value instead of being taken for an
+/// option (argument-parser then said "Missing value").
+struct Seconds: ExpressibleByArgument, CustomStringConvertible {
     var value: Double
-    init?(argument: String) {
+    /// Why the argument is not a duration (nil when it is one).
+    var problem: String?
+    /// The argument as given (nil for a default).
+    var text: String?
+
+    init(_ value: Double) { self.value = value }
+
+    init(argument: String) {
+        value = .nan
+        text = argument
         let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
-        for (suffix, factor) in units where argument.hasSuffix(suffix) {
-            guard let v = Double(argument.dropLast(suffix.count)), v >= 0 else { return nil }
-            value = v * factor
+        var number = Substring(argument), factor = 1.0
+        for (suffix, f) in units where argument.hasSuffix(suffix) {
+            number = argument.dropLast(suffix.count)
+            factor = f
+            break
+        }
+        guard let v = Double(number), v.isFinite, v >= 0, !number.hasPrefix("+") else {
+            problem = "\(argument) is not a valid duration: give a positive number with a unit ms, s, m or h (10s, 500ms, 2m; plain numbers are seconds)"
             return
         }
-        guard let v = Double(argument), v >= 0 else { return nil }
-        value = v
+        value = v * factor
     }
-    static var defaultValueDescription: String { "a duration such as 10s, 500ms or 2m" }
+
+    /// `10s`, `500ms`, `2m`: the shortest exact form (what `--help` shows as the default).
+    var description: String {
+        if value.isNaN { return "invalid" }
+        for (suffix, f) in [("h", 3600.0), ("m", 60), ("s", 1)] where value >= f && (value / f).rounded() == value / f {
+            return "\(Int(value / f))\(suffix)"
+        }
+        if value < 1, (value * 1000).rounded() == value * 1000 { return "\(Int(value * 1000))ms" }
+        return "\(value)s"
+    }
+
+    var defaultValueDescription: String { description }
+
+    /// The problem of `--name`'s value as a usage error (nil when it is a valid duration).
+    func validationError(option name: String) -> ValidationError? {
+        problem.map { ValidationError("--\(name) \($0)") }
+    }
+
+    /// The value as the user wrote it.
+    var given: String { text ?? description }
 }
 
 /// Runs async library work from a synchronous command: the work runs as a task; SIGINT and SIGTERM
