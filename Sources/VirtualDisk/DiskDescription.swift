@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import SystemPackage
 
 /// A printable, encodable summary of one image level (what `bulwark disk info` shows).
@@ -6,7 +9,11 @@ public struct DiskDescription: Codable, Sendable, Equatable {
     public var format: DiskFormat
     public var type: DiskType
     public var virtualSize: UInt64
+    /// The file's apparent size (what `ls -l` shows).
     public var fileSize: UInt64
+    /// The bytes the file occupies on its filesystem (`st_blocks` × 512): less than `fileSize` for a
+    /// sparse file, the figure that matters for free space.
+    public var allocatedSize: UInt64
     public var logicalSectorSize: Int
     public var physicalSectorSize: Int
     public var blockSize: Int
@@ -23,6 +30,8 @@ public struct DiskDescription: Codable, Sendable, Equatable {
         type = image.type
         virtualSize = image.virtualSize
         fileSize = try image.file.size()
+        var st = stat()
+        allocatedSize = stat(image.path.string, &st) == 0 ? UInt64(st.st_blocks) * 512 : 0
         logicalSectorSize = image.logicalSectorSize
         physicalSectorSize = image.physicalSectorSize
         blockSize = image.blockSize

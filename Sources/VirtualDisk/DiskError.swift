@@ -66,7 +66,7 @@ public enum DiskError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .insufficientSpace(path, needed, available):
             return "\(path): not enough free space: the operation needs \(ByteCount.format(needed)) (\(needed) bytes) but only \(ByteCount.format(available)) (\(available) bytes) are free"
         case let .hasChildren(path, children):
-            return "\(path): is the parent of differencing disks that this would break: \(children.joined(separator: ", ")); merge them first or pass --force"
+            return "\(path): is the parent of differencing disks that this would break: \(children.joined(separator: ", ")); merge them first, or confirm that they may be broken"
         }
     }
 }

@@ -61,6 +61,7 @@ public final class RawImage: DiskImage {
 
     /// Sets the size of the raw file (growing reads as zeros).
     public func resize(to size: UInt64) throws {
+        guard size <= RawFormat.maximumSize else { throw RawFormat.tooLarge(path, size) }
         try file.truncate(to: size)
         virtualSize = size
     }
@@ -69,17 +70,31 @@ public final class RawImage: DiskImage {
 /// The raw format driver.
 public enum RawFormat: DiskImageFormat {
     public static var format: DiskFormat { .raw }
+    /// The largest raw image: the largest file offset Linux has (2^63 - 1 bytes); a filesystem may
+    /// allow less (ext4 16 TiB), which its own error then reports.
+    public static let maximumSize = UInt64(Int64.max)
+
+    static func tooLarge(_ path: FilePath, _ size: UInt64) -> DiskError {
+        .invalidArgument("\(path.string): raw image size \(size) bytes exceeds the largest file size, \(maximumSize) bytes (8 EiB - 1)")
+    }
+
     public static func probe(_ file: BlockFile) throws -> Bool { true }
     public static func open(_ file: BlockFile) throws -> any DiskImage { try RawImage(file: file) }
     public static func create(at path: FilePath, options: CreateOptions, parent: (any DiskImage)?) throws -> any DiskImage {
         guard options.type != .differencing else {
             throw DiskError.invalidArgument("\(path.string): raw images cannot be differencing; use .vhd or .vhdx")
         }
+        guard options.virtualSize <= maximumSize else { throw tooLarge(path, options.virtualSize) }
         let file = try BlockFile.create(path)
-        try file.truncate(to: options.virtualSize)
-        if options.type == .fixed { try file.preallocate(at: 0, length: options.virtualSize) }
-        try file.sync()
-        try FileOps.syncDirectory(of: path)
-        return try RawImage(file: file)
+        do {
+            try file.truncate(to: options.virtualSize)
+            if options.type == .fixed { try file.preallocate(at: 0, length: options.virtualSize) }
+            try file.sync()
+            try FileOps.syncDirectory(of: path)
+            return try RawImage(file: file)
+        } catch {
+            try? file.close()
+            throw error
+        }
     }
 }

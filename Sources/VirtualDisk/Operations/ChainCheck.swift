@@ -42,6 +42,9 @@ public enum ChainCheck {
             }
             seen.append(key)
             folders.append(current)
+            // A level a writer has open is mid-update: its structures may look broken (a VHDX log not
+            // yet applied) when nothing is wrong, and repairing it would race the writer.
+            if LockHolders.isLocked(current) { throw DiskError.busy(path: current.string) }
             report.levels.append(try checkLevel(current, repair: repair))
             let level: any DiskImage
             do { level = try DiskImages.openLevel(current) } catch {

@@ -21,8 +21,12 @@ public enum ResizeOperation {
         // killed part way completes what it left (a VHD's footer copy at offset 0).
         if newSize != old, !found.isEmpty, !force { throw DiskError.hasChildren(path: path.string, children: found.map(\.string)) }
         if let raw = image as? RawImage {
+            guard newSize <= RawFormat.maximumSize else { throw RawFormat.tooLarge(path, newSize) }
             if newSize < old, let data = try raw.file.nextData(from: newSize), data < old {
-                throw DiskError.unsupported(path: path.string, reason: "cannot shrink to \(newSize) bytes: the tail holds data (at \(data))")
+                // The last byte of data decides the smallest size; find the end of the data run it is in.
+                var end = try raw.file.nextHole(from: data)
+                while end < old, let next = try raw.file.nextData(from: end), next < old { end = try raw.file.nextHole(from: next) }
+                throw shrinkRefusal(path, to: newSize, dataEnd: min(end, old), alignment: 1)
             }
             try raw.resize(to: newSize)
             try raw.flush()
@@ -33,5 +37,13 @@ public enum ResizeOperation {
             throw DiskError.unsupported(path: path.string, reason: "resizing \(image.format.rawValue) images is not supported")
         }
         return ResizeResult(path: FileOps.absolute(path).string, oldSize: old, newSize: image.virtualSize)
+    }
+
+    /// The refusal of a shrink that would cut off data: where the data ends, in units, and the smallest
+    /// size (`dataEnd` rounded up to `alignment`) the disk can take.
+    static func shrinkRefusal(_ path: FilePath, to newSize: UInt64, dataEnd: UInt64, alignment: UInt64) -> DiskError {
+        let (rounded, overflow) = dataEnd.addingReportingOverflow(alignment - 1)
+        let smallest = overflow ? dataEnd : rounded / alignment * alignment
+        return .unsupported(path: path.string, reason: "cannot shrink to \(ByteCount.format(newSize)) (\(newSize) bytes): data is stored up to \(ByteCount.format(dataEnd)) (\(dataEnd) bytes); the smallest size that keeps it is \(ByteCount.format(smallest)) (\(smallest) bytes)")
     }
 }

@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import ShadowCopy
 
-struct SnapshotCreate: ParsableCommand {
+struct SnapshotCreate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "create",
         abstract: "Take an application-consistent point-in-time copy of a guest disk.",
@@ -28,7 +28,7 @@ struct SnapshotCreate: ParsableCommand {
     @Option(help: "Where copies go.") var output: String?
     @Option(help: "The writer state folder.") var stateDir: String?
     @Flag(help: "Continue crash-consistent when a writer fails, instead of failing.") var allowCrashConsistent = false
-    @Flag(help: "Print the result as JSON.") var json = false
+    @OptionGroup var printing: OutputOptions
     @Option(help: .hidden) var pauseWhileFrozen: Double = 0
 
     func validate() throws {
@@ -36,7 +36,7 @@ struct SnapshotCreate: ParsableCommand {
         if output == nil, provider != .differencing { throw ValidationError("--output is required for the \(provider.rawValue) provider") }
     }
 
-    func run() throws {
+    func run() async throws {
         var writers: [any SnapshotWriter] = []
         for spec in qga {
             let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
@@ -56,12 +56,11 @@ struct SnapshotCreate: ParsableCommand {
             policy: SnapshotPolicy(holdTimeout: timeout.value, fallBackToCrashConsistent: allowCrashConsistent),
             pauseWhileFrozen: pauseWhileFrozen)
         var echo: (@Sendable (String) -> Void)?
-        if !json { echo = { @Sendable line in FileHandle.standardError.write(Data((line + "\n").utf8)) } }
+        if !printing.json { echo = { @Sendable line in FileHandle.standardError.write(Data((line + "\n").utf8)) } }
         let coordinator = SnapshotCoordinator(stateDirectory: WriterStateStore.resolveDirectory(stateDir), echo: echo)
-        let json = self.json
         do {
-            let result = try AsyncBridge.run { try await coordinator.snapshot(request) }
-            if json { try Output.json(result); return }
+            let result = try await SignalCancellation.run { try await coordinator.snapshot(request) }
+            if printing.json { try Output.json(result); return }
             for (i, copy) in result.copies.enumerated() {
                 print("copy: \(copy)")
                 if i < result.newLeaves.count { print("live disk: \(result.newLeaves[i])") }
@@ -76,7 +75,7 @@ struct SnapshotCreate: ParsableCommand {
             print("consistency: \(result.consistency.rawValue)")
             print(String(format: "freeze hold: %.3f s", result.freezeHoldSeconds))
         } catch let failure as SnapshotFailure {
-            if json { try Output.json(failure.result) }
+            if printing.json { try Output.json(failure.result) }
             throw failure
         }
     }
