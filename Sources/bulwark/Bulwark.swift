@@ -10,7 +10,7 @@ struct Bulwark: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bulwark",
         abstract: "Backup, restore and storage protection for Linux hosts and guests.",
-        discussion: "Exit status: 0 done; 1 failed, or check found problems; 3 not found; 4 corrupt image; 5 busy (in use by another process); 6 not enough space; 7 I/O error; 8 refused (the result exists, or children would break); 64 usage error.",
+        discussion: ExitStatus.summary,
         version: "0.1.0",
         subcommands: [DiskCommand.self, SnapshotCommand.self, WritersCommand.self]
     )

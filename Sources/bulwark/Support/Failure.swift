@@ -26,6 +26,9 @@ enum ExitStatus {
     /// (swift-argument-parser's `ExitCode.validationFailure`, EX_USAGE).
     static let usage: Int32 = ExitCode.validationFailure.rawValue
 
+    /// The list `bulwark --help` (and so the man page) shows.
+    static let summary = "Exit status: \(ok) done; \(failed) failed, or check found problems; \(notFound) not found; \(corrupt) corrupt image; \(busy) busy (in use by another process); \(noSpace) not enough space; \(ioError) I/O error; \(refused) refused (the result exists, or children would break); \(usage) usage error."
+
     static func of(_ error: DiskError) -> Int32 {
         switch error {
         case .notFound, .parentNotFound: notFound
