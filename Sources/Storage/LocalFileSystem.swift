@@ -53,23 +53,6 @@ public struct LocalFileSystem: StoreSpace {
         }
     }
 
-    /// The PID holding a `flock` on the file behind `descriptor`, read from `/proc/locks` (nil when
-    /// not found: the holder may be in another PID namespace).
-    static func lockHolder(of descriptor: FileDescriptor) -> Int32? {
-        var st = stat()
-        guard fstat(descriptor.rawValue, &st) == 0 else { return nil }
-        guard let text = try? FileOps.readSmallFile(FilePath("/proc/locks")) else { return nil }
-        let me = getpid()
-        for line in text.split(separator: "\n") {
-            // "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"
-            let f = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard f.count >= 6, f[1] == "FLOCK", let pid = Int32(f[4]) else { continue }
-            let dev = f[5].split(separator: ":")
-            guard dev.count == 3, let inode = UInt64(dev[2]), inode == UInt64(st.st_ino) else { continue }
-            if pid != me { return pid }
-        }
-        return nil
-    }
     /// Bytes available to unprivileged writers on the filesystem holding `path` (or its directory).
     public static func available(at path: FilePath) throws -> UInt64 {
         // Walk up to the nearest existing folder: the file itself may not exist yet.

@@ -7,7 +7,11 @@ public struct DiskDescription: Codable, Sendable, Equatable {
     public var format: DiskFormat
     public var type: DiskType
     public var virtualSize: UInt64
+    /// The file's apparent size (what `ls -l` shows).
     public var fileSize: UInt64
+    /// The bytes the file occupies on its filesystem (`st_blocks` × 512): less than `fileSize` for a
+    /// sparse file, the figure that matters for free space.
+    public var allocatedSize: UInt64
     public var logicalSectorSize: Int
     public var physicalSectorSize: Int
     public var blockSize: Int
@@ -24,6 +28,7 @@ public struct DiskDescription: Codable, Sendable, Equatable {
         type = image.type
         virtualSize = image.virtualSize
         fileSize = try image.store.size()
+        allocatedSize = try image.store.allocatedBytes()
         logicalSectorSize = image.logicalSectorSize
         physicalSectorSize = image.physicalSectorSize
         blockSize = image.blockSize

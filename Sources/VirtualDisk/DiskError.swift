@@ -45,7 +45,7 @@ public enum DiskError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .outOfRange(path, offset, length, virtualSize):
             return "\(path): range \(offset)+\(length) lies beyond the virtual disk size \(virtualSize)"
         case let .hasChildren(path, children):
-            return "\(path): is the parent of differencing disks that this would break: \(children.joined(separator: ", ")); merge them first or pass --force"
+            return "\(path): is the parent of differencing disks that this would break: \(children.joined(separator: ", ")); merge them first, or confirm that they may be broken"
         }
     }
 }

@@ -62,6 +62,20 @@ public enum DiskImages {
         }
     }
 
+    /// Refuses a block size `format` cannot take, before anything is written (convert checks it up
+    /// front so the refusal names the destination, not its temporary file). Raw images have no blocks.
+    public static func checkBlockSize(_ blockSize: Int, format: DiskFormat, path: FilePath) throws {
+        let range: ClosedRange<Int>
+        switch format {
+        case .vhd: range = VHDFormat.blockSizeRange
+        case .vhdx: range = VHDXFormat.blockSizeRange
+        case .raw: return
+        }
+        guard range.contains(blockSize), blockSize & (blockSize - 1) == 0 else {
+            throw DiskError.invalidArgument("\(path.string): \(format.rawValue.uppercased()) block size \(blockSize) must be a power of two from \(ByteCount.format(UInt64(range.lowerBound))) to \(ByteCount.format(UInt64(range.upperBound)))")
+        }
+    }
+
     /// Detects the format of the file at `path` by its signatures.
     public static func detectFormat(_ path: FilePath, in space: any StoreSpace = LocalFileSystem()) throws -> DiskFormat {
         let store = try space.open(path, writable: false)
@@ -94,7 +108,7 @@ public enum DiskImages {
         var parentChain: DiskChain?
         if options.type == .differencing {
             guard let parentPath = options.parentPath else {
-                throw DiskError.invalidArgument("\(path.string): a differencing image needs a parent")
+                throw DiskError.invalidArgument("\(path.string): a differencing image needs a parent image")
             }
             parentChain = try DiskChain.open(space.absolute(parentPath), in: space)
             guard parentChain!.leaf.format == options.format else {
@@ -103,7 +117,7 @@ public enum DiskImages {
                 throw DiskError.unsupported(path: path.string, reason: "a \(options.format.rawValue.uppercased()) differencing image cannot have the \(leafFormat.rawValue.uppercased()) parent \(parentPath.string); parent and child must share a format")
             }
         } else if options.parentPath != nil {
-            throw DiskError.invalidArgument("\(path.string): a parent makes a differencing image; it cannot be combined with type \(options.type.rawValue)")
+            throw DiskError.invalidArgument("\(path.string): an image with a parent is a differencing image, not \(options.type.rawValue)")
         }
         let store: any ByteStore
         do {

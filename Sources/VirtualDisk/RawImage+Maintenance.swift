@@ -7,18 +7,16 @@ extension RawImage: MaintainableImage {
     /// Sets the size of the raw file (growing reads as zeros). Shrinking is refused where the cut-off
     /// tail holds data.
     public func resize(to newSize: UInt64) throws {
+        guard newSize <= RawFormat.maximumSize else { throw RawFormat.tooLarge(path, newSize) }
         let old = virtualSize
         if newSize < old, let data = try store.nextData(from: newSize), data < old {
-            throw DiskError.unsupported(path: path.string, reason: "cannot shrink to \(ByteCount.format(newSize)) (\(newSize) bytes): data is stored at \(data); the smallest size that keeps it is \(ByteCount.format(try dataEnd())) (\(try dataEnd()) bytes)")
+            // The last byte of data decides the smallest size; find the end of the data run it is in.
+            var end = try store.nextHole(from: data)
+            while end < old, let next = try store.nextData(from: end), next < old { end = try store.nextHole(from: next) }
+            throw ResizeOperation.shrinkRefusal(path, to: newSize, dataEnd: min(end, old), alignment: 1)
         }
         try store.truncate(to: newSize)
         virtualSize = newSize
-    }
-
-    /// The end of the last stored data (rounded up to 512 bytes).
-    func dataEnd() throws -> UInt64 {
-        let last = try extents(in: 0..<virtualSize).last { if case .data = $0.kind { return true } else { return false } }
-        return ((last?.range.upperBound ?? 0) + 511) / 512 * 512
     }
 
     public func setParent(_ link: ParentLink) throws {

@@ -71,12 +71,21 @@ public final class RawImage: DiskImage {
 /// The raw format driver.
 public enum RawFormat: DiskImageFormat {
     public static var format: DiskFormat { .raw }
+    /// The largest raw image: the largest file offset Linux has (2^63 - 1 bytes); a filesystem may
+    /// allow less (ext4 16 TiB), which its own error then reports.
+    public static let maximumSize = UInt64(Int64.max)
+
+    static func tooLarge(_ path: FilePath, _ size: UInt64) -> DiskError {
+        .invalidArgument("\(path.string): raw image size \(size) bytes exceeds the largest file size, \(maximumSize) bytes (8 EiB - 1)")
+    }
+
     public static func probe(_ store: any ByteStore) throws -> Bool { true }
     public static func open(_ store: any ByteStore) throws -> any DiskImage { try RawImage(store: store) }
     public static func create(on store: any ByteStore, options: CreateOptions, parent: (any DiskImage)?) throws -> any DiskImage {
         guard options.type != .differencing else {
             throw DiskError.invalidArgument("\(store.path.string): raw images cannot be differencing; use .vhd or .vhdx")
         }
+        guard options.virtualSize <= maximumSize else { throw tooLarge(store.path, options.virtualSize) }
         try store.truncate(to: options.virtualSize)
         if options.type == .fixed { try store.preallocate(at: 0, length: options.virtualSize) }
         if !options.staged { try store.flush() }

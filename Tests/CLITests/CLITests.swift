@@ -14,11 +14,11 @@ import TestSupport
         #expect(back.stdout == payload)
     }
 
-    @Test func badInputExitsOneWithTheFileNamed() throws {
+    @Test func aMissingFileExitsNotFoundWithTheFileNamed() throws {
         let dir = try TempDir()
         let missing = dir.file("nope.vhd")
         let r = try run(TestEnv.bulwark, ["disk", "info", missing])
-        #expect(r.status == 1)
+        #expect(r.status == Exit.notFound)
         #expect(r.err.contains(missing))
         #expect(r.err.contains("no such file"))
     }

@@ -23,7 +23,7 @@ import VirtualDisk
         #expect(r.err.contains("convert: 100%"), "progress lines on a non-terminal: \(r.err)")
         #expect(try OpsCLI.readAll(FilePath(dst)) == expected)
         r = try run(TestEnv.bulwark, ["disk", "convert", src.string, dst])
-        #expect(r.status == 1)
+        #expect(r.status == Exit.refused)
         #expect(r.err.contains("exists"))
 
         r = try run(TestEnv.bulwark, ["disk", "compact", dst, "--json"])
@@ -43,7 +43,7 @@ import VirtualDisk
         r = try run(TestEnv.bulwark, ["disk", "check", dst, "--json"])
         #expect(try json(r)["clean"] as? Bool == true)
         r = try run(TestEnv.bulwark, ["disk", "merge", dst])
-        #expect(r.status == 1)
+        #expect(r.status == Exit.usage)
         #expect(r.err.contains("not a differencing image"))
     }
 
@@ -56,7 +56,7 @@ import VirtualDisk
         let expected = model.view(2)
         // A parent with children is not resized.
         var r = try run(TestEnv.bulwark, ["disk", "resize", paths[0].string, "--size", "16M"])
-        #expect(r.status == 1)
+        #expect(r.status == Exit.refused)
         #expect(r.err.contains(paths[1].string))
         // check: clean chain; then a pending merge record is reported.
         r = try run(TestEnv.bulwark, ["disk", "check", paths[2].string])

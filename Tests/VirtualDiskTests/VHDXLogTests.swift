@@ -320,10 +320,10 @@ import Storage
         let path = dir.file("cli.vhdx")
         try runChecked(TestEnv.bulwark, ["disk", "create", path, "--size", "8M", "--block-size", "1M", "--logical-sector-size", "4096"])
         try runChecked(TestEnv.bulwark, ["disk", "write", path, "--offset", "1M"], input: Data(repeating: 0xAB, count: 70_000))
-        let info = try JSONSerialization.jsonObject(with: runChecked(TestEnv.bulwark, ["disk", "info", path, "--json"]).stdout) as? [String: Any]
-        #expect(info?["format"] as? String == "vhdx")
-        #expect(info?["logicalSectorSize"] as? Int == 4096)
-        #expect((info?["properties"] as? [String: String])?["creator"] == "Bulwark")
+        let info = (try JSONSerialization.jsonObject(with: runChecked(TestEnv.bulwark, ["disk", "info", path, "--json"]).stdout) as? [String: Any])?["levels"] as? [[String: Any]]
+        #expect(info?.first?["format"] as? String == "vhdx")
+        #expect(info?.first?["logicalSectorSize"] as? Int == 4096)
+        #expect((info?.first?["properties"] as? [String: Any])?["creator"] as? String == "Bulwark")
         let map = try JSONSerialization.jsonObject(with: runChecked(TestEnv.bulwark, ["disk", "map", path, "--json"]).stdout) as? [[String: Any]]
         #expect(map?.count == 1)
         #expect(map?.first?["start"] as? Int == 1 << 20)
@@ -335,7 +335,7 @@ import Storage
 
         for o: UInt64 in [64 << 10, 128 << 10] { try VHDXTest.poke(path, at: o + 8, [0xEE]) }
         let bad = try run(TestEnv.bulwark, ["disk", "info", path, "--json"])
-        #expect(bad.status == 1)
+        #expect(bad.status == 4, "corrupt image (README: Exit codes)")
         #expect(bad.err.contains("both VHDX headers are invalid"))
     }
 }

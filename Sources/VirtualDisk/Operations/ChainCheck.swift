@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import SystemPackage
 import Storage
 
@@ -43,6 +46,11 @@ public enum ChainCheck {
             }
             seen.append(key)
             folders.append(current)
+            // A level a writer has open is mid-update: its structures may look broken (a VHDX log not
+            // yet applied) when nothing is wrong, and repairing it would race the writer.
+            if LockHolders.isLocked(current) {
+                throw StorageError.busy(path: current.string, holder: LockHolders.holders(of: current).first { $0.pid != getpid() }?.pid)
+            }
             report.levels.append(try checkLevel(current, repair: repair))
             let level: any DiskImage
             do { level = try DiskImages.openLevel(current) } catch {

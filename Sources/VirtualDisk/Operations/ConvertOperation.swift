@@ -72,8 +72,9 @@ public enum ConvertOperation {
         let format = options.format ?? DiskFormat.fromExtension(of: destination)
         let type = options.type ?? ((leaf.type == .fixed && leaf.format != .raw) ? .fixed : .dynamic)
         guard type != .differencing else {
-            throw DiskError.invalidArgument("\(destination.string): convert makes a standalone image; --type must be fixed or dynamic")
+            throw DiskError.invalidArgument("\(destination.string): convert makes a standalone image: fixed or dynamic, not differencing")
         }
+        if let blockSize = options.blockSize { try DiskImages.checkBlockSize(blockSize, format: format, path: destination) }
         let map = try chain.map().filter { !$0.isZero }
         let allocated = map.reduce(UInt64(0)) { $0 + UInt64($1.range.count) }
 

@@ -28,4 +28,12 @@ public enum ResizeOperation {
         try maintainable.flush()
         return ResizeResult(path: FileOps.absolute(path).string, oldSize: old, newSize: image.virtualSize)
     }
+
+    /// The refusal of a shrink that would cut off data: where the data ends, in units, and the smallest
+    /// size (`dataEnd` rounded up to `alignment`) the disk can take.
+    static func shrinkRefusal(_ path: FilePath, to newSize: UInt64, dataEnd: UInt64, alignment: UInt64) -> DiskError {
+        let (rounded, overflow) = dataEnd.addingReportingOverflow(alignment - 1)
+        let smallest = overflow ? dataEnd : rounded / alignment * alignment
+        return .unsupported(path: path.string, reason: "cannot shrink to \(ByteCount.format(newSize)) (\(newSize) bytes): data is stored up to \(ByteCount.format(dataEnd)) (\(dataEnd) bytes); the smallest size that keeps it is \(ByteCount.format(smallest)) (\(smallest) bytes)")
+    }
 }

@@ -12,7 +12,7 @@ extension VHDImage {
             throw DiskError.invalidArgument("\(path.string): VHD virtual size \(newSize) must be a positive multiple of 512 bytes up to 2040 GiB")
         }
         guard newSize >= virtualSize else {
-            throw DiskError.unsupported(path: path.string, reason: "shrinking a VHD (from \(virtualSize) to \(newSize) bytes) is not supported")
+            throw DiskError.unsupported(path: path.string, reason: "a VHD cannot shrink (from \(ByteCount.format(virtualSize)) to \(ByteCount.format(newSize)), \(virtualSize) to \(newSize) bytes): its smallest size is its current \(ByteCount.format(virtualSize)) (\(virtualSize) bytes); converting it to VHDX or raw makes a copy that can shrink")
         }
         guard store.isWritable else { throw StorageError.readOnly(path: path.string) }
         guard newSize != virtualSize else {

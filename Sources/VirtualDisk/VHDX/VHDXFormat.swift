@@ -10,6 +10,8 @@ public enum VHDXFormat: DiskImageFormat, CheckableFormat {
     /// Hyper-V's default block size for differencing disks, whatever the parent's: a child holds only
     /// the changes, so small blocks keep it (and every incremental copied off the host) small.
     public static let differencingBlockSize = 2 << 20
+    /// The block sizes `create` accepts (powers of two).
+    public static let blockSizeRange = (1 << 20)...(256 << 20)
     static let creatorName = "Bulwark"
 
     public static func probe(_ store: any ByteStore) throws -> Bool {
@@ -26,7 +28,7 @@ public enum VHDXFormat: DiskImageFormat, CheckableFormat {
             throw DiskError.invalidArgument("\(path.string): a differencing image needs a parent")
         }
         let blockSize = options.blockSize ?? (differencing ? differencingBlockSize : defaultBlockSize)
-        guard blockSize >= 1 << 20, blockSize <= 256 << 20, blockSize & (blockSize - 1) == 0 else {
+        guard blockSizeRange.contains(blockSize), blockSize & (blockSize - 1) == 0 else {
             throw DiskError.invalidArgument("\(path.string): VHDX block size \(blockSize) must be a power of two from 1 MiB to 256 MiB")
         }
         let logical = options.logicalSectorSize ?? parent?.logicalSectorSize ?? 512

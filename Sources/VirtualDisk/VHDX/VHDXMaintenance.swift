@@ -27,10 +27,9 @@ extension VHDXImage {
         let newGeometry = VHDXGeometry(virtualSize: newSize, blockSize: geometry.blockSize, logicalSectorSize: geometry.logicalSectorSize)
         let needed = newGeometry.entryCount(differencing: false) * 8
         if newSize < virtualSize {
-            for e in try extents(in: newSize..<virtualSize) {
-                if case .data = e.kind {
-                    throw DiskError.unsupported(path: path.string, reason: "cannot shrink to \(newSize) bytes: the range \(e.range) holds data")
-                }
+            let dataEnd = try extents(in: newSize..<virtualSize).last { if case .data = $0.kind { true } else { false } }?.range.upperBound
+            if let dataEnd {
+                throw ResizeOperation.shrinkRefusal(path, to: newSize, dataEnd: dataEnd, alignment: geometry.logicalSectorSize)
             }
         }
         try beginSession(dataWrite: true)

@@ -11,7 +11,7 @@ struct DiskCheck: ParsableCommand {
 
     @Argument(help: "The image (a chain leaf checks the whole chain).") var path: String
     @Flag(help: "Fix what can be fixed safely.") var repair = false
-    @Flag(help: "Print the report as JSON.") var json = false
+    @OptionGroup var printing: OutputOptions
 
     struct Result: Encodable {
         var clean: Bool
@@ -26,13 +26,13 @@ struct DiskCheck: ParsableCommand {
             report = try ChainCheck.check(path: FilePath(path), repair: false)
             repairs += report.levels.flatMap { l in l.repairs.map { "\(l.path): \($0)" } }
         }
-        if json {
+        if printing.json {
             try Output.json(Result(clean: report.isClean, repairs: repairs, report: report))
         } else {
             for r in repairs { print("repaired: \(r)") }
             for p in report.allProblems { print(p) }
             print("\(path): \(report.isClean ? "clean" : "problems found") (\(report.levels.count) level\(report.levels.count == 1 ? "" : "s") checked)")
         }
-        if !report.isClean { throw ExitCode(1) }
+        if !report.isClean { throw ExitCode(ExitStatus.failed) }
     }
 }

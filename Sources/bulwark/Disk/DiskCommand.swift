@@ -14,14 +14,10 @@ struct DiskCommand: ParsableCommand {
 }
 
 extension DiskFormat: ExpressibleByArgument {}
-extension DiskType: ExpressibleByArgument {}
 
-/// A byte count argument: `64G`, `512M`, `4096`.
-struct Size: ExpressibleByArgument {
-    var bytes: UInt64
-    init?(argument: String) {
-        guard let b = try? ByteCount.parse(argument) else { return nil }
-        bytes = b
-    }
-    static var defaultValueDescription: String { "a size such as 64G, 512M or 1048576" }
+/// The types a user chooses. Differencing is not among them: `--parent` makes one, and `convert`
+/// always writes a standalone image, so neither help nor completion offers it.
+enum StandaloneType: String, ExpressibleByArgument, CaseIterable {
+    case fixed, dynamic
+    var diskType: DiskType { self == .fixed ? .fixed : .dynamic }
 }

@@ -11,16 +11,15 @@ struct DiskCompact: ParsableCommand {
     )
 
     @Argument(help: "The image.") var path: String
-    @Option(name: .customLong("children"), parsing: .upToNextOption, help: "Other images or folders that may hold children of this disk.") var children: [String] = []
-    @Flag(help: "Compact even if the disk has children.") var force = false
-    @Flag(help: "Print the result as JSON.") var json = false
+    @OptionGroup var children: ChildrenOptions
+    @OptionGroup var printing: OutputOptions
 
     func run() throws {
         let bar = ProgressBar("compact")
         defer { bar.finish() }
-        let result = try CompactOperation.compact(path: FilePath(path), children: children.map { FilePath($0) }, force: force, progress: bar.handler)
+        let result = try CompactOperation.compact(path: FilePath(path), children: children.filePaths, force: children.force, progress: bar.handler)
         bar.finish()
-        if json { try Output.json(result); return }
+        if printing.json { try Output.json(result); return }
         print("\(result.path): reclaimed \(ByteCount.format(result.bytesReclaimed)) (\(result.bytesReclaimed) bytes)")
     }
 }

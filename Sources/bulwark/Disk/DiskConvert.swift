@@ -13,21 +13,25 @@ struct DiskConvert: ParsableCommand {
     @Argument(help: "The source image (a chain leaf is flattened).") var source: String
     @Argument(help: "The new image.") var destination: String
     @Option(help: "vhd, vhdx or raw (default: from DST's extension).") var format: DiskFormat?
-    @Option(help: "fixed or dynamic (default: fixed for a fixed VHD/VHDX source, else dynamic).") var type: DiskType?
-    @Option(help: "Block size of the new image, a power of two.") var blockSize: Size?
+    @Option(help: "fixed or dynamic (default: fixed for a fixed VHD/VHDX source, else dynamic).") var type: StandaloneType?
+    @Option(parsing: .unconditional, help: ArgumentHelp("Block size of the new image, a power of two (VHD: 512 bytes to 256M; VHDX: 1M to 256M).", valueName: "size"), transform: Size.parse)
+    var blockSize: Size?
     @Flag(help: "Allow DST to be a block device: the disk is written onto it raw, erasing what it held.") var overwriteDevice = false
-    @Flag(help: "Print the result as JSON.") var json = false
+    @OptionGroup var printing: OutputOptions
+
+    func validate() throws {
+        try Size.checkBlockSize(blockSize)
+    }
 
     func run() throws {
-        if let type, type == .differencing { throw ValidationError("--type must be fixed or dynamic") }
         let bar = ProgressBar("convert")
         defer { bar.finish() }
         let result = try ConvertOperation.convert(source: FilePath(source), destination: FilePath(destination),
-                                                  options: ConvertOptions(format: format, type: type, blockSize: blockSize.map { Int($0.bytes) },
+                                                  options: ConvertOptions(format: format, type: type?.diskType, blockSize: blockSize?.int,
                                                                           allowDeviceDestination: overwriteDevice),
                                                   progress: bar.handler)
         bar.finish()
-        if json { try Output.json(result); return }
+        if printing.json { try Output.json(result); return }
         print("converted \(result.source) -> \(result.destination): \(result.format.rawValue) \(result.type.rawValue), \(ByteCount.format(result.virtualSize)), \(ByteCount.format(result.bytesWritten)) written\(result.bytesCloned > 0 ? " (\(ByteCount.format(result.bytesCloned)) of it shared by reflink)" : ""), file \(ByteCount.format(result.allocatedBytes)) on disk")
     }
 }

@@ -7,12 +7,13 @@ import Storage
 struct DiskInfo: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "info",
-        abstract: "Show an image's format, type, sizes, geometry, block size, identity and parent."
+        abstract: "Show an image's format, type, sizes (virtual, file, allocated), geometry, block size, identity and parent.",
+        discussion: "--json prints {\"levels\": [...]}: one level, or with --chain every level of the chain, leaf first."
     )
 
     @Argument(help: "The image.") var path: String
     @Flag(help: "Describe every level of the differencing chain, leaf first.") var chain = false
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var printing: OutputOptions
 
     func run() throws {
         let descriptions: [DiskDescription]
@@ -25,8 +26,8 @@ struct DiskInfo: ParsableCommand {
             defer { try? image.close() }
             descriptions = [try DiskDescription(image)]
         }
-        if json {
-            if chain { try Output.json(descriptions) } else { try Output.json(descriptions[0]) }
+        if printing.json {
+            try Output.json(InfoJSON(levels: descriptions.map(LevelJSON.init)))
             return
         }
         for (i, d) in descriptions.enumerated() {
@@ -37,6 +38,7 @@ struct DiskInfo: ParsableCommand {
                 ("type", d.type.rawValue),
                 ("virtual size", "\(ByteCount.format(d.virtualSize)) (\(d.virtualSize) bytes)"),
                 ("file size", "\(ByteCount.format(d.fileSize)) (\(d.fileSize) bytes)"),
+                ("allocated size", "\(ByteCount.format(d.allocatedSize)) (\(d.allocatedSize) bytes on disk)"),
                 ("block size", "\(ByteCount.format(UInt64(d.blockSize)))"),
                 ("logical sector size", "\(d.logicalSectorSize)"),
                 ("physical sector size", "\(d.physicalSectorSize)"),

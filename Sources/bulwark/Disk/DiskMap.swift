@@ -9,7 +9,7 @@ struct DiskMap: ParsableCommand {
     )
 
     @Argument(help: "The image (a chain leaf).") var path: String
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var printing: OutputOptions
     @Flag(help: "Also list ranges that read as zeros.") var all = false
 
     struct Row: Encodable {
@@ -19,6 +19,18 @@ struct DiskMap: ParsableCommand {
         var level: Int?
         var file: String?
         var zero: Bool
+
+        /// `level` and `file` are null for zeros, never missing: every row has the same keys.
+        enum CodingKeys: String, CodingKey { case start, length, level, file, zero }
+
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(start, forKey: .start)
+            try c.encode(length, forKey: .length)
+            try c.encode(level, forKey: .level)
+            try c.encode(file, forKey: .file)
+            try c.encode(zero, forKey: .zero)
+        }
     }
 
     func run() throws {
@@ -28,7 +40,7 @@ struct DiskMap: ParsableCommand {
             Row(start: $0.range.lowerBound, length: UInt64($0.range.count), level: $0.level,
                 file: $0.level.map { chain.levels[$0].path.string }, zero: $0.isZero)
         }
-        if json { try Output.json(rows); return }
+        if printing.json { try Output.json(rows); return }
         print(Output.table(["START", "LENGTH", "LEVEL", "DATA", "FILE"], rows.map {
             [String($0.start), String($0.length), $0.level.map(String.init) ?? "-", $0.zero ? "zero" : "data", $0.file ?? "-"]
         }))

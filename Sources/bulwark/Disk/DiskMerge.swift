@@ -12,17 +12,16 @@ struct DiskMerge: ParsableCommand {
 
     @Argument(help: "The differencing image to merge.") var child: String
     @Option(help: "The ancestor to merge into (default: the child's parent).") var into: String?
-    @Option(name: .customLong("children"), parsing: .upToNextOption, help: "Other images or folders that may hold children of these disks.") var children: [String] = []
-    @Flag(help: "Merge even if it breaks other children of the ancestor.") var force = false
-    @Flag(help: "Print the result as JSON.") var json = false
+    @OptionGroup var children: ChildrenOptions
+    @OptionGroup var printing: OutputOptions
 
     func run() throws {
         let bar = ProgressBar("merge")
         defer { bar.finish() }
         let result = try MergeOperation.merge(child: FilePath(child), options: MergeOptions(
-            into: into.map { FilePath($0) }, children: children.map { FilePath($0) }, force: force), progress: bar.handler)
+            into: into.map { FilePath($0) }, children: children.filePaths, force: children.force), progress: bar.handler)
         bar.finish()
-        if json { try Output.json(result); return }
+        if printing.json { try Output.json(result); return }
         print("merged \(result.child) into \(result.ancestor)\(result.resumed ? " (finished an interrupted merge)" : ""): \(ByteCount.format(result.bytesCopied)) copied\(result.bytesCloned > 0 ? " (\(ByteCount.format(result.bytesCloned)) of it shared by reflink)" : "")")
         for r in result.removed { print("removed \(r)") }
         for r in result.repointed { print("re-pointed \(r) to \(result.ancestor)") }

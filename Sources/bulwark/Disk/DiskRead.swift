@@ -10,20 +10,25 @@ struct DiskRead: ParsableCommand {
     )
 
     @Argument(help: "The image (a chain leaf).") var path: String
-    @Option(help: "Byte offset to start at.") var offset: Size?
-    @Option(help: "Number of bytes (default: to the end of the disk).") var length: Size?
+    @Option(parsing: .unconditional, help: ArgumentHelp("Byte offset to start at: \(Size.forms).", valueName: "size"), transform: Size.parse)
+    var offset: Size?
+    @Option(parsing: .unconditional, help: ArgumentHelp("Number of bytes (default: to the end of the disk).", valueName: "size"), transform: Size.parse)
+    var length: Size?
     @Option(name: .shortAndLong, help: "Write to this file instead of standard output.") var output: String?
 
     func run() throws {
         let chain = try DiskChain.open(FilePath(path))
         defer { try? chain.close() }
         let image = chain.leaf
+        // Both checks before any arithmetic: a huge offset or length is refused, never overflows.
         let start = offset?.bytes ?? 0
         guard start <= image.virtualSize else {
-            throw DiskError.outOfRange(path: path, offset: start, length: 0, virtualSize: image.virtualSize)
+            throw DiskError.outOfRange(path: path, offset: start, length: length?.bytes ?? 0, virtualSize: image.virtualSize)
         }
         let count = length?.bytes ?? (image.virtualSize - start)
-        try image.checkRange(offset: start, length: Int(count))
+        guard count <= image.virtualSize - start else {
+            throw DiskError.outOfRange(path: path, offset: start, length: count, virtualSize: image.virtualSize)
+        }
         let sink: FileDescriptor
         if let output {
             sink = try FileDescriptor.open(FilePath(output), .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])

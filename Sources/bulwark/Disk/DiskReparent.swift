@@ -12,11 +12,11 @@ struct DiskReparent: ParsableCommand {
     @Argument(help: "The differencing image.") var child: String
     @Option(help: "The new parent image.") var parent: String
     @Flag(help: "Accept a parent whose identity differs from the recorded one.") var ignoreIdMismatch = false
-    @Flag(help: "Print the result as JSON.") var json = false
+    @OptionGroup var printing: OutputOptions
 
     func run() throws {
         let result = try ReparentOperation.reparent(child: FilePath(child), parent: FilePath(parent), ignoreIDMismatch: ignoreIdMismatch)
-        if json { try Output.json(result); return }
+        if printing.json { try Output.json(result); return }
         print("\(result.child): parent is now \(result.parent) (id \(result.newParentID))")
     }
 }

@@ -11,14 +11,18 @@ struct DiskResize: ParsableCommand {
     )
 
     @Argument(help: "The image.") var path: String
-    @Option(help: "The new virtual size, e.g. 64G.") var size: Size
-    @Option(name: .customLong("children"), parsing: .upToNextOption, help: "Other images or folders that may hold children of this disk.") var children: [String] = []
-    @Flag(help: "Resize even if the disk has children.") var force = false
-    @Flag(help: "Print the result as JSON.") var json = false
+    @Option(parsing: .unconditional, help: ArgumentHelp("The new virtual size: \(Size.forms).", valueName: "size"), transform: Size.parse)
+    var size: Size
+    @OptionGroup var children: ChildrenOptions
+    @OptionGroup var printing: OutputOptions
+
+    func validate() throws {
+        if size.bytes == 0 { throw ValidationError("--size must be larger than zero") }
+    }
 
     func run() throws {
-        let result = try ResizeOperation.resize(path: FilePath(path), to: size.bytes, children: children.map { FilePath($0) }, force: force)
-        if json { try Output.json(result); return }
+        let result = try ResizeOperation.resize(path: FilePath(path), to: size.bytes, children: children.filePaths, force: children.force)
+        if printing.json { try Output.json(result); return }
         print("\(result.path): \(ByteCount.format(result.oldSize)) -> \(ByteCount.format(result.newSize)) (\(result.newSize) bytes)")
     }
 }

@@ -11,7 +11,8 @@ struct DiskWrite: ParsableCommand {
     )
 
     @Argument(help: "The image to write into.") var path: String
-    @Option(help: "Virtual byte offset to write at.") var offset: Size
+    @Option(parsing: .unconditional, help: ArgumentHelp("Virtual byte offset to write at: \(Size.forms).", valueName: "size"), transform: Size.parse)
+    var offset: Size
     @Option(name: .shortAndLong, help: "Read the bytes from this file (default: standard input).") var input: String?
 
     func run() throws {
@@ -25,6 +26,9 @@ struct DiskWrite: ParsableCommand {
         let chain = try DiskChain.open(FilePath(path), writable: true)
         defer { try? chain.close() }
         let image = chain.leaf
+        guard offset.bytes <= image.virtualSize else {
+            throw DiskError.outOfRange(path: path, offset: offset.bytes, length: 0, virtualSize: image.virtualSize)
+        }
         let chunk = 4 << 20
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
         defer { buffer.deallocate() }

@@ -76,17 +76,11 @@ struct Seconds: ExpressibleByArgument, CustomStringConvertible {
     var given: String { text ?? description }
 }
 
-/// Runs async library work from a synchronous command: the work runs as a task; SIGINT and SIGTERM
-/// cancel it (the coordinator thaws every writer on cancellation), and the process then exits with
-/// 128 + the signal number.
-enum AsyncBridge {
-    static func run<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
-        let box = ResultBox<T>()
-        let done = DispatchSemaphore(value: 0)
-        let task = Task {
-            box.set(await Result { try await body() })
-            done.signal()
-        }
+/// Runs async library work so that SIGINT and SIGTERM cancel it (the coordinator thaws every writer
+/// on cancellation); the process then exits with 128 + the signal number.
+enum SignalCancellation {
+    static func run<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let task = Task { try await body() }
         let received = ResultBox<Int32>()
         let queue = DispatchQueue(label: "bulwark.signals")
         var sources: [DispatchSourceSignal] = []
@@ -108,10 +102,10 @@ enum AsyncBridge {
             source.resume()
             sources.append(source)
         }
-        done.wait()
+        let result = await task.result
         sources.forEach { $0.cancel() }
         if case .success(let sig)? = received.get() { throw ExitCode(128 + sig) }
-        return try box.get()!.get()
+        return try result.get()
     }
 }
 
@@ -120,10 +114,4 @@ final class ResultBox<T: Sendable>: @unchecked Sendable {
     private var value: Result<T, Error>?
     func set(_ v: Result<T, Error>) { lock.withLock { value = v } }
     func get() -> Result<T, Error>? { lock.withLock { value } }
-}
-
-extension Result where Failure == Error {
-    init(catching body: () async throws -> Success) async {
-        do { self = .success(try await body()) } catch { self = .failure(error) }
-    }
 }

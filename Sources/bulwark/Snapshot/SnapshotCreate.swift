@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import ShadowCopy
 
-struct SnapshotCreate: ParsableCommand {
+struct SnapshotCreate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "create",
         abstract: "Take an application-consistent point-in-time copy of a guest disk.",
@@ -32,7 +32,7 @@ struct SnapshotCreate: ParsableCommand {
     @Option(help: "Where copies go (differencing: where the new child goes; default next to the disk).") var output: String?
     @Option(help: "The writer state folder.") var stateDir: String?
     @Flag(help: "Continue crash-consistent when a writer fails, instead of failing.") var allowCrashConsistent = false
-    @Flag(help: "Print the result as JSON.") var json = false
+    @OptionGroup var printing: OutputOptions
     @Option(help: .hidden) var pauseWhileFrozen: Double = 0
 
     func validate() throws {
@@ -42,7 +42,7 @@ struct SnapshotCreate: ParsableCommand {
         if output == nil, provider != .differencing { throw ValidationError("--output is required for the \(provider.rawValue) provider") }
     }
 
-    func run() throws {
+    func run() async throws {
         var writers: [any SnapshotWriter] = []
         for spec in qga {
             let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
@@ -65,12 +65,11 @@ struct SnapshotCreate: ParsableCommand {
             policy: SnapshotPolicy(holdTimeout: timeout.value, fallBackToCrashConsistent: allowCrashConsistent),
             pauseWhileFrozen: pauseWhileFrozen)
         var echo: (@Sendable (String) -> Void)?
-        if !json { echo = { @Sendable line in FileHandle.standardError.write(Data((line + "\n").utf8)) } }
+        if !printing.json { echo = { @Sendable line in FileHandle.standardError.write(Data((line + "\n").utf8)) } }
         let coordinator = SnapshotCoordinator(stateDirectory: WriterStateStore.resolveDirectory(stateDir), echo: echo)
-        let json = self.json
         do {
-            let result = try AsyncBridge.run { try await coordinator.snapshot(request) }
-            if json {
+            let result = try await SignalCancellation.run { try await coordinator.snapshot(request) }
+            if printing.json {
                 // Echo is off with --json: the warnings still go to standard error.
                 for w in result.warnings { Output.note("warning: \(w)") }
                 try Output.json(result)
@@ -92,7 +91,7 @@ struct SnapshotCreate: ParsableCommand {
             print("consistency: \(result.consistency.rawValue)")
             print(String(format: "freeze hold: %.3f s", result.freezeHoldSeconds))
         } catch let failure as SnapshotFailure {
-            if json { try Output.json(failure.result) }
+            if printing.json { try Output.json(failure.result) }
             throw failure
         }
     }

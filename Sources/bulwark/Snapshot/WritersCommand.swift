@@ -19,12 +19,12 @@ struct WritersList: ParsableCommand {
     )
 
     @Option(help: "The writer state folder.") var stateDir: String?
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var printing: OutputOptions
 
     func run() throws {
         let store = WriterStateStore(directory: WriterStateStore.resolveDirectory(stateDir))
         let records = try store.load()
-        if json {
+        if printing.json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             encoder.dateEncodingStrategy = .iso8601

@@ -1,0 +1,102 @@
+import ArgumentParser
+import SystemPackage
+import Storage
+import VirtualDisk
+
+/// The exit status of every command, in one place (README "Exit codes" lists them). Scripts can tell
+/// a missing file from a damaged one from a busy one without parsing messages.
+enum ExitStatus {
+    /// Done.
+    static let ok: Int32 = 0
+    /// The operation failed, or `disk check` found problems.
+    static let failed: Int32 = 1
+    /// An image or a differencing parent does not exist.
+    static let notFound: Int32 = 3
+    /// An image is damaged: bad structures, truncated, a parent that is not the one it was made from,
+    /// a chain that loops.
+    static let corrupt: Int32 = 4
+    /// Another process has the image open for writing.
+    static let busy: Int32 = 5
+    /// The filesystem has too little free space (or quota) for the operation.
+    static let noSpace: Int32 = 6
+    /// A system call failed (read, write, open, sync, ...).
+    static let ioError: Int32 = 7
+    /// Refused to protect data: the result exists already, or differencing children would break.
+    static let refused: Int32 = 8
+    /// The command line is wrong: an unknown option, a missing or malformed value, a size out of range
+    /// (swift-argument-parser's `ExitCode.validationFailure`, EX_USAGE).
+    static let usage: Int32 = ExitCode.validationFailure.rawValue
+
+    /// The list `bulwark --help` (and so the man page) shows.
+    static let summary = "Exit status: \(ok) done; \(failed) failed, or check found problems; \(notFound) not found; \(corrupt) corrupt image; \(busy) busy (in use by another process); \(noSpace) not enough space; \(ioError) I/O error; \(refused) refused (the result exists, or children would break); \(usage) usage error."
+
+    static func of(_ error: DiskError) -> Int32 {
+        switch error {
+        case .parentNotFound: notFound
+        case .corrupt, .truncated, .parentMismatch, .chainLoop: corrupt
+        case .hasChildren: refused
+        case .invalidArgument, .outOfRange: usage
+        case .unsupported: failed
+        }
+    }
+
+    static func of(_ error: StorageError) -> Int32 {
+        switch error {
+        case .notFound: notFound
+        case .endOfFile: corrupt
+        case .busy: busy
+        case .insufficientSpace: noSpace
+        case .io(_, _, let errno): errno == .noSpace || errno == .diskQuotaExceeded ? noSpace : ioError
+        case .exists: refused
+        case .invalidArgument: usage
+        case .notAFile, .unsupported, .readOnly: failed
+        }
+    }
+}
+
+/// Turns a library error into what the user sees: the library's message (the problem and the fix in
+/// the library's terms), then a hint line that names the command or flag to use, then the exit status.
+enum Failure {
+    static func report(_ error: DiskError) -> ExitCode {
+        Output.note("Error: \(error)")
+        for line in hints(for: error) { Output.note("hint: \(line)") }
+        return ExitCode(ExitStatus.of(error))
+    }
+
+    static func report(_ error: StorageError) -> ExitCode {
+        Output.note("Error: \(error)")
+        for line in hints(for: error) { Output.note("hint: \(line)") }
+        return ExitCode(ExitStatus.of(error))
+    }
+
+    static func hints(for error: DiskError) -> [String] {
+        switch error {
+        case let .hasChildren(path, _):
+            return ["`bulwark disk merge CHILD` folds a child into \(path) first; --force goes ahead and leaves the children unreadable"]
+        case let .parentNotFound(child, _, _):
+            return ["`bulwark disk reparent \(child) --parent PATH` points it at a moved parent"]
+        case let .parentMismatch(child, parent, _, _):
+            return ["if \(parent) is the right parent after all, `bulwark disk reparent \(child) --parent \(parent) --ignore-id-mismatch` accepts it"]
+        case let .outOfRange(_, _, _, virtualSize):
+            return ["the disk holds \(ByteCount.format(virtualSize)) (\(virtualSize) bytes): --offset and --length must stay within it"]
+        default:
+            return []
+        }
+    }
+
+    static func hints(for error: StorageError) -> [String] {
+        switch error {
+        case let .busy(path, _):
+            let holders = LockHolders.holders(of: FilePath(path))
+            let who = holders.isEmpty ? "another process"
+                : holders.map { "PID \($0.pid)\($0.command.map { " (\($0))" } ?? "")" }.joined(separator: ", ")
+            return ["\(path) is in use by \(who); try again when it has finished"]
+        case let .exists(path):
+            return ["choose another name, or remove \(path) first"]
+        case let .notAFile(path, _):
+            return ["check what \(path) is (`ls -l`): only regular files and block devices are images"]
+        default:
+            return []
+        }
+    }
+}
