@@ -1,5 +1,6 @@
 import Foundation
 import Storage
+import Synchronization
 
 /// What a writer learns about the snapshot it takes part in.
 public struct SnapshotContext: Sendable {
@@ -67,7 +68,7 @@ public enum WatchdogAction: Codable, Sendable, Equatable {
 
 /// The job log: lines from hooks and notes from the coordinator, thread-safe, in arrival order.
 public final class SnapshotLog: @unchecked Sendable {
-    private let lock = NSLock()
+    private let lock = Mutex(())
     private var lines: [String] = []
     private let echo: (@Sendable (String) -> Void)?
 
@@ -75,9 +76,9 @@ public final class SnapshotLog: @unchecked Sendable {
     public init(echo: (@Sendable (String) -> Void)? = nil) { self.echo = echo }
 
     public func add(_ line: String) {
-        lock.withLock { lines.append(line) }
+        lock.withLock { _ in lines.append(line) }
         echo?(line)
     }
 
-    public var all: [String] { lock.withLock { lines } }
+    public var all: [String] { lock.withLock { _ in lines } }
 }

@@ -1,9 +1,9 @@
 #if canImport(Glibc)
 import Glibc
+import Synchronization
 #endif
 import Foundation
 import SystemPackage
-import VirtualDisk
 import Storage
 
 /// How to start the watchdog process. The library does not assume the `bulwark` binary: the
@@ -42,7 +42,7 @@ enum WatchdogMessage: Codable {
 final class WatchdogHandle: @unchecked Sendable {
     let pid: pid_t
     private let fd: Int32
-    private let lock = NSLock()
+    private let lock = Mutex(())
     private var closed = false
 
     private init(pid: pid_t, fd: Int32) {
@@ -98,7 +98,7 @@ final class WatchdogHandle: @unchecked Sendable {
     /// Sends one message. Blocking (a few bytes).
     func send(_ message: WatchdogMessage) throws {
         let data = try JSONEncoder().encode(message) + Data([0x0A])
-        try lock.withLock {
+        try lock.withLock { _ in
             guard !closed else { return }
             var done = 0
             while done < data.count {
@@ -128,7 +128,7 @@ final class WatchdogHandle: @unchecked Sendable {
     }
 
     private func closeAndReap(wait: Double) {
-        let first = lock.withLock { () -> Bool in defer { closed = true }; return !closed }
+        let first = lock.withLock { _ -> Bool in defer { closed = true }; return !closed }
         guard first else { return }
         shutdown(fd, Int32(SHUT_WR))
         let deadline = Clock.now() + wait

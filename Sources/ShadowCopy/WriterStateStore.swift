@@ -3,7 +3,6 @@ import Glibc
 #endif
 import Foundation
 import SystemPackage
-import VirtualDisk
 import Storage
 
 /// The persisted writer states: `<state dir>/writers.json`, one record per writer id, rewritten

@@ -48,11 +48,11 @@ public final class BlockingPool: Sendable {
         }
     }
 
-    /// Queues `job`; a thread is started when none is idle and the pool is below its limit.
+    /// Queues `job`; a thread is started when more jobs wait than threads are idle, below the limit.
     private func submit(_ job: @escaping Job) {
         let start = state.withLock { s -> Bool in
             s.jobs.append(job)
-            guard s.idle == 0, s.threads < limit else { return false }
+            guard s.jobs.count - s.next > s.idle, s.threads < limit else { return false }
             s.threads += 1
             return true
         }

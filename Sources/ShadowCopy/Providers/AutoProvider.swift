@@ -1,5 +1,4 @@
 import Foundation
-import VirtualDisk
 import Storage
 
 /// The default provider: reflink where the output folder's filesystem can share extents with the

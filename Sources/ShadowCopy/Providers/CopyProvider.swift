@@ -1,6 +1,5 @@
 import Foundation
 import SystemPackage
-import VirtualDisk
 import Storage
 
 /// Point-in-time copy by copying the disk files: works on any filesystem (copy_file_range, which

@@ -4,7 +4,6 @@ import Glibc
 import CLinux
 import Foundation
 import SystemPackage
-import VirtualDisk
 import Storage
 
 /// Point-in-time copy by reflink (FICLONE): the copy shares the disk file's extents, so it takes

@@ -1,3 +1,4 @@
+import Synchronization
 import Foundation
 
 /// Runs `operation` but gives up waiting after `seconds`: the caller gets `ShadowCopyError.timedOut`
@@ -25,13 +26,13 @@ func withDeadline<T: Sendable>(_ phase: String, seconds: Double, cancellable: Bo
 
 /// A continuation resumed at most once, from whichever side comes first.
 private final class OnceResult<T: Sendable>: @unchecked Sendable {
-    private let lock = NSLock()
+    private let lock = Mutex(())
     private var continuation: CheckedContinuation<T, Error>?
     private var pending: Result<T, Error>?
     private var done = false
 
     func set(_ c: CheckedContinuation<T, Error>) {
-        let early: Result<T, Error>? = lock.withLock {
+        let early: Result<T, Error>? = lock.withLock { _ in
             if let pending { self.pending = nil; return pending }
             continuation = c
             return nil
@@ -42,7 +43,7 @@ private final class OnceResult<T: Sendable>: @unchecked Sendable {
     /// Resumes with `result` unless already resumed; returns whether this call won.
     @discardableResult
     func resume(_ result: Result<T, Error>) -> Bool {
-        let (won, c): (Bool, CheckedContinuation<T, Error>?) = lock.withLock {
+        let (won, c): (Bool, CheckedContinuation<T, Error>?) = lock.withLock { _ in
             if done { return (false, nil) }
             done = true
             if let c = continuation { continuation = nil; return (true, c) }

@@ -2,7 +2,6 @@
 import Glibc
 #endif
 import SystemPackage
-import VirtualDisk
 import Storage
 
 /// Path helpers.

@@ -1,9 +1,9 @@
 #if canImport(Glibc)
 import Glibc
+import Synchronization
 #endif
 import Foundation
 import SystemPackage
-import VirtualDisk
 import Storage
 
 /// Serializes snapshots that touch the same resource (agent socket, filesystem, disk, hook): an
@@ -53,7 +53,7 @@ actor ResourceLocks {
 final class ResourceLease: @unchecked Sendable {
     let keys: [String]
     let fds: [Int32]
-    private let lock = NSLock()
+    private let lock = Mutex(())
     private var released = false
 
     init(keys: [String], fds: [Int32]) {
@@ -62,7 +62,7 @@ final class ResourceLease: @unchecked Sendable {
     }
 
     func release() async {
-        let first = lock.withLock { () -> Bool in defer { released = true }; return !released }
+        let first = lock.withLock { _ -> Bool in defer { released = true }; return !released }
         guard first else { return }
         for fd in fds { close(fd) }
         await ResourceLocks.shared.release(keys)

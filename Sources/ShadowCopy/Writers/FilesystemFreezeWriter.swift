@@ -1,10 +1,10 @@
 #if canImport(Glibc)
 import Glibc
+import Synchronization
 #endif
 import CLinux
 import Foundation
 import SystemPackage
-import VirtualDisk
 import Storage
 
 /// FIFREEZE / FITHAW on a mounted filesystem (what `fsfreeze` does), with a `syncfs` first so the
@@ -111,23 +111,27 @@ public struct FilesystemFreezeWriter: SnapshotWriter {
 /// Per mountpoint, in this process: a gate serializing freeze and thaw, and whether we froze it.
 final class FreezeRegistry: @unchecked Sendable {
     static let shared = FreezeRegistry()
-    private let lock = NSLock()
-    private var gates: [String: NSLock] = [:]
+    private let lock = Mutex(())
+    /// A gate per mountpoint (a class, so the dictionary holds a reference to one mutex).
+    private final class Gate: Sendable { let mutex = Mutex(()) }
+    private var gates: [String: Gate] = [:]
     private var frozen: Set<String> = []
 
-    func withGate<T>(_ mountpoint: String, _ body: (inout Bool) throws -> T) throws -> T {
-        let gate = lock.withLock { () -> NSLock in
+    func withGate<T: Sendable>(_ mountpoint: String, _ body: (inout Bool) throws -> T) throws -> T {
+        let gate = lock.withLock { _ -> Gate in
             if let g = gates[mountpoint] { return g }
-            let g = NSLock()
+            let g = Gate()
             gates[mountpoint] = g
             return g
         }
-        gate.lock()
-        defer { gate.unlock() }
-        var isFrozen = lock.withLock { frozen.contains(mountpoint) }
+        return try gate.mutex.withLock { _ in try withinGate(mountpoint, body) }
+    }
+
+    private func withinGate<T: Sendable>(_ mountpoint: String, _ body: (inout Bool) throws -> T) throws -> T {
+        var isFrozen = lock.withLock { _ in frozen.contains(mountpoint) }
         defer {
             let value = isFrozen
-            lock.withLock { if value { frozen.insert(mountpoint) } else { frozen.remove(mountpoint) } }
+            lock.withLock { _ in if value { frozen.insert(mountpoint) } else { frozen.remove(mountpoint) } }
         }
         return try body(&isFrozen)
     }

@@ -1,4 +1,3 @@
-import VirtualDisk
 import Storage
 
 /// Freezes a guest's filesystems through its QEMU guest agent (`guest-fsfreeze-freeze`, or

@@ -2,7 +2,6 @@
 import Glibc
 #endif
 import Synchronization
-import VirtualDisk
 import Storage
 
 /// An executable called as `HOOK freeze` and `HOOK thaw` (like qemu-ga's fsfreeze-hook): it quiesces

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Synchronization
 import ShadowCopy
 
 /// `bulwark snapshot ...`: consistent point-in-time copies of guest disks (the VSS analog).
@@ -110,8 +111,8 @@ enum SignalCancellation {
 }
 
 final class ResultBox<T: Sendable>: @unchecked Sendable {
-    private let lock = NSLock()
+    private let lock = Mutex(())
     private var value: Result<T, Error>?
-    func set(_ v: Result<T, Error>) { lock.withLock { value = v } }
-    func get() -> Result<T, Error>? { lock.withLock { value } }
+    func set(_ v: Result<T, Error>) { lock.withLock { _ in value = v } }
+    func get() -> Result<T, Error>? { lock.withLock { _ in value } }
 }
