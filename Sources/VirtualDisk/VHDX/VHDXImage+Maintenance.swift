@@ -55,7 +55,7 @@ extension VHDXImage {
                 if type == .fixed {
                     let at = allocate(geometry.blockSize)
                     try store.preallocate(at: at, length: geometry.blockSize)
-                    unsynced = true
+                    session.unsynced = true
                     bat[i] = VHDXBATEntry(state: VHDXBlockState.fullyPresent.rawValue, fileOffset: at).raw
                     dirty.insert(i)
                 } else if bat[i] != 0 {
@@ -89,7 +89,7 @@ extension VHDXImage {
         var bytes = [UInt8](repeating: 0, count: bat.count * 8)
         for (i, e) in bat.enumerated() where e != 0 { bytes.setLE64(i * 8, e) }
         try store.write(bytes, at: at)
-        unsynced = true
+        session.unsynced = true
         var table = regionTable
         for i in table.entries.indices where table.entries[i].guid == VHDXRegionTable.bat {
             table.entries[i].fileOffset = at
