@@ -116,11 +116,16 @@ public protocol DiskImage: AnyObject {
     func close() throws
     /// Format-specific facts for `bulwark disk info` (geometry, creator, GUIDs, ...).
     var properties: [String: String] { get }
+    /// What is wrong with the file but tolerated by this open (e.g. a VHD footer checksum both copies
+    /// get wrong, opened read-only), for `bulwark disk info`; `check` reports the same as problems.
+    var warnings: [String] { get }
 }
 
 extension DiskImage {
     /// By default nothing is written in place from outside the format.
     public func inPlaceFileOffset(forWriting range: Range<UInt64>) throws -> UInt64? { nil }
+    /// By default an open tolerates nothing wrong.
+    public var warnings: [String] { [] }
 
     public var path: FilePath { store.path }
     public var isWritable: Bool { store.isWritable }

@@ -14,7 +14,26 @@ struct Bulwark: ParsableCommand {
 
     static func main() {
         TestHooks.apply()
-        main(nil)
+        do {
+            var command = try parseAsRoot(nil)
+            try command.run()
+        } catch {
+            exit(withError: CLIErrorText.translate(error))
+        }
+    }
+}
+
+/// Library errors whose next step is a command-line flag, reworded to name it.
+enum CLIErrorText {
+    struct Reworded: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    static func translate(_ error: any Error) -> any Error {
+        if case let DiskError.notRecognized(path, expected, reason) = error {
+            return Reworded(description: "\(path): not a \(expected.rawValue.uppercased()) image though its name says so: \(reason); pass --format raw to open it as raw")
+        }
+        return error
     }
 }
 

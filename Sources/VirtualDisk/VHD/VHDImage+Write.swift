@@ -113,13 +113,15 @@ extension VHDImage {
 
     /// Appends an empty block (its bitmap written, its data a hole) where the footer is, and writes
     /// the footer after it. Returns the block's file offset.
+    /// The data must read as zeros, so the block goes past the end of the file: leftovers of a killed
+    /// write are cut first (`cleanTail`), never written over.
     func appendBlock(bitmap: [UInt8]) throws -> UInt64 {
+        try cleanTail()
         let blockOffset = VHDBytes.roundUp(footerOffset, 512)
         let newFooter = blockOffset + UInt64(bitmapBytes) + UInt64(blockSize)
         guard blockOffset / 512 < UInt64(Self.unused) else {
             throw DiskError.unsupported(path: path.string, reason: "the file would grow past the 2 TiB a VHD BAT can address")
         }
-        try cleanTail()
         try store.write(bitmap, at: blockOffset)
         try store.write(footer.bytes, at: newFooter)
         footerOffset = newFooter
@@ -129,6 +131,10 @@ extension VHDImage {
     /// Cuts bytes left after the last structure by an interrupted append (the file then ends without
     /// a footer; it is readable through the footer copy at offset 0).
     func cleanTail() throws {
+        if tailOrphaned {
+            try reclaimOrphanedTail()
+            tailOrphaned = false
+        }
         guard tailDirty else { return }
         if try store.size() > footerOffset { try store.truncate(to: footerOffset) }
         tailDirty = false

@@ -35,6 +35,11 @@ public final class VHDImage: MaintainableImage {
     /// A new file that nothing opens until the final flush (`CreateOptions.staged`): BAT entries are
     /// written without the sync that otherwise orders them after their blocks' data.
     var staged = false
+    /// Whether space between the last structure and the end footer is referenced by no BAT entry (a
+    /// write killed before its BAT update); the first append of a writable session reclaims it.
+    var tailOrphaned = false
+    /// What is wrong but tolerated in this open (shown by `info` and `check`).
+    public internal(set) var warnings: [String] = []
 
     static let unused: UInt32 = 0xFFFF_FFFF
     static let commitThreshold = 64
@@ -126,14 +131,12 @@ public final class VHDImage: MaintainableImage {
     /// Forgets cached bitmaps (after the file changed under them).
     func dropCaches() { bitmapCache.removeAll() }
 
-    /// The end of the last structure or block (the earliest place the end footer may go).
-    func structuresEnd() -> UInt64 {
-        guard let header else { return footerOffset }
-        var end = max(512, footer.dataOffset + UInt64(VHDDynamicHeader.size), header.tableOffset + header.tableBytes)
-        let fileSize = (try? store.size()) ?? 0
-        for l in header.locators where l.isUsed && l.dataOffset < fileSize { end = max(end, l.dataOffset + l.spaceBytes) }
-        let slot = UInt64(bitmapBytes) + UInt64(header.blockSize)
-        for e in bat where e != Self.unused { end = max(end, UInt64(e) * 512 + slot) }
-        return VHDBytes.roundUp(end, 512)
+    /// Where structures and blocks lie (dynamic and differencing images), from the BAT in memory.
+    var layout: VHDLayout? {
+        guard let header else { return nil }
+        return VHDLayout(footer: footer, header: header, bat: bat, fileSize: (try? store.size()) ?? 0)
     }
+
+    /// The end of the last structure or block (the earliest place the end footer may go).
+    func structuresEnd() -> UInt64 { layout?.end ?? footerOffset }
 }

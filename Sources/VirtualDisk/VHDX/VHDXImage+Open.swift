@@ -73,8 +73,8 @@ extension VHDXImage {
         batRegion = regions.bat
         metadataRegion = regions.metadata
         let size = effectiveSize
-        for r in [batRegion, metadataRegion] where r.range.upperBound > size {
-            throw DiskError.truncated(path: path, needed: r.range.upperBound, actual: size)
+        for (name, r) in [("BAT", batRegion), ("metadata", metadataRegion)] where r.range.upperBound > size {
+            throw DiskError.corrupt(path: path, reason: "the \(name) region (offset \(r.fileOffset), length \(r.length)) lies past the end of the file (\(size) bytes): the region table is damaged or the file was cut")
         }
         guard metadataRegion.length <= 256 << 20 else {
             throw DiskError.unsupported(path: path, reason: "a metadata region of \(metadataRegion.length) bytes (more than 256 MiB) is refused")
@@ -103,6 +103,9 @@ extension VHDXImage {
             (0..<VHDXSize.mib, "the header section"), (batRegion.range, "the BAT region"), (metadataRegion.range, "the metadata region"),
         ]
         if header.logLength > 0 { used.append((header.logOffset..<header.logOffset + UInt64(header.logLength), "the log")) }
+        for r in regionTable.entries where r.guid != VHDXRegionTable.bat && r.guid != VHDXRegionTable.metadata {
+            used.append((r.range, "region \(r.guid.uuidString)"))
+        }
         var end = used.map(\.0.upperBound).max() ?? 0
         for block in 0..<geometry.payloadBlocks {
             let i = geometry.payloadIndex(block)
@@ -114,9 +117,8 @@ extension VHDXImage {
                     throw DiskError.corrupt(path: path, reason: "BAT entry \(i) (block \(block)) is PARTIALLY_PRESENT in an image without a parent")
                 }
                 let span = min(geometry.blockSize, meta.virtualSize - block * geometry.blockSize)
-                let r = e.fileOffset..<e.fileOffset + span
-                guard e.fileOffset >= VHDXSize.mib, r.upperBound <= size else {
-                    throw DiskError.corrupt(path: path, reason: "BAT entry \(i) (block \(block)) points past the end of the file (offset \(e.fileOffset), file size \(size))")
+                guard e.fileOffset >= VHDXSize.mib, e.fileOffset <= size, span <= size - e.fileOffset else {
+                    throw DiskError.corrupt(path: path, reason: "BAT entry \(i) (block \(block)) points past the end of the file (payload offset \(e.fileOffset), file size \(size))")
                 }
                 used.append((e.fileOffset..<e.fileOffset + geometry.blockSize, "block \(block)"))
                 end = max(end, e.fileOffset + geometry.blockSize)
@@ -130,7 +132,7 @@ extension VHDXImage {
                 guard i < bat.count else { break }
                 let e = VHDXBATEntry(raw: bat[i])
                 guard e.state == VHDXBitmapState.present else { continue }
-                guard e.fileOffset >= VHDXSize.mib, e.fileOffset + VHDXSize.mib <= size else {
+                guard e.fileOffset >= VHDXSize.mib, e.fileOffset <= size, VHDXSize.mib <= size - e.fileOffset else {
                     throw DiskError.corrupt(path: path, reason: "BAT entry \(i) (sector bitmap \(chunk)) points past the end of the file (offset \(e.fileOffset), file size \(size))")
                 }
                 used.append((e.fileOffset..<e.fileOffset + VHDXSize.mib, "sector bitmap \(chunk)"))
@@ -142,7 +144,9 @@ extension VHDXImage {
             // Blocks of a fixed file may run past the last virtual byte into nothing; any real overlap is corrupt.
             throw DiskError.corrupt(path: path, reason: "\(used[k].1) (file offset \(used[k].0.lowerBound)) overlaps \(used[k - 1].1) (\(used[k - 1].0))")
         }
-        fileEnd = max(fileEnd, VHDXSize.roundUp(end, VHDXSize.mib))
+        // New blocks go right after the last referenced byte, not at the end of the file: space past
+        // it (blocks of a write killed before its log entry) is reused instead of leaked.
+        fileEnd = VHDXSize.roundUp(end, VHDXSize.mib)
     }
 
     /// Reads file bytes for structures, with replayed sectors laid over them; past the end reads zeros.

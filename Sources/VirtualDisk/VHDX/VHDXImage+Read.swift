@@ -115,7 +115,7 @@ extension VHDXImage {
         }
         let lanes = min(pieces.count, 4)
         let failure = FirstError()
-        nonisolated(unsafe) let store = self.store
+        let store = self.store
         nonisolated(unsafe) let target = buffer
         let work = pieces
         DispatchQueue.concurrentPerform(iterations: lanes) { lane in

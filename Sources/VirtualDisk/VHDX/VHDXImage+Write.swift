@@ -47,7 +47,7 @@ extension VHDXImage {
                 try store.write(data, at: e.fileOffset + inBlock)
                 try setBits(block: block, from: inBlock, count: n, clearFirst: false, dirtyBitmap: &dirtyBitmap, dirtyBAT: &dirtyBAT)
             default:
-                let newOffset = allocate(bs)
+                let newOffset = try allocate(bs)
                 try store.write(data, at: newOffset + inBlock)
                 let inheritsParent = meta.hasParent && (e.state == VHDXBlockState.notPresent.rawValue || e.state == VHDXBlockState.undefined.rawValue)
                 if inheritsParent && !(inBlock == 0 && n == bs) {
@@ -113,10 +113,18 @@ extension VHDXImage {
         return e.fileOffset + range.lowerBound % bs
     }
 
-    /// Reserves `length` bytes at the end of the file (extended before the log entry is written).
-    func allocate(_ length: UInt64) -> UInt64 {
+    /// Reserves `length` bytes after everything referenced (the file is extended before the log entry
+    /// that references them is written). Space a killed write left past the last referenced byte is
+    /// reused; it is zeroed first, since new space must read as zeros (a block written in part, a
+    /// bitmap block logged a sector at a time, a fixed image's new blocks).
+    func allocate(_ length: UInt64) throws -> UInt64 {
         let at = fileEnd
         fileEnd += VHDXSize.roundUp(length, VHDXSize.mib)
+        if at < diskFileSize {
+            let count = min(fileEnd, diskFileSize) - at
+            if !(try store.punchHole(at: at, length: count)) { try store.writeZeros(count: count, at: at) }
+            session.unsynced = true
+        }
         return at
     }
 
@@ -127,7 +135,7 @@ extension VHDXImage {
         var bits = try bitmap(chunk: chunk)
         let sbIndex = geometry.bitmapIndex(chunk: chunk)
         if VHDXBATEntry(raw: bat[sbIndex]).state != VHDXBitmapState.present {
-            let at = allocate(VHDXSize.mib)
+            let at = try allocate(VHDXSize.mib)
             bat[sbIndex] = VHDXBATEntry(state: VHDXBitmapState.present, fileOffset: at).raw
             dirtyBAT.insert(sbIndex)
             bits = [UInt8](repeating: 0, count: Int(VHDXSize.mib))

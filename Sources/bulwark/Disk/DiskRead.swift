@@ -12,9 +12,10 @@ struct DiskRead: ParsableCommand {
     @Option(help: "Byte offset to start at.") var offset: Size?
     @Option(help: "Number of bytes (default: to the end of the disk).") var length: Size?
     @Option(name: .shortAndLong, help: "Write to this file instead of standard output.") var output: String?
+    @Option(help: "Open PATH as vhd, vhdx or raw (default: detected; a .vhd/.vhdx name needs its signature).") var format: DiskFormat?
 
     func run() throws {
-        let chain = try DiskChain.open(FilePath(path))
+        let chain = try DiskChain.open(FilePath(path), format: format)
         defer { try? chain.close() }
         let image = chain.leaf
         let start = offset?.bytes ?? 0
