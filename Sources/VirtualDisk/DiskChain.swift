@@ -19,10 +19,11 @@ public struct DiskChain {
     /// Opens `path` and all its parents, in `space` (the leaf's space: parents are found there by
     /// their locators, so a chain on a share is read straight off the share). `acceptsMismatch(child,
     /// parent)`, when given, may excuse a parent whose identity differs from the child's record (a
-    /// merge in progress; see `PendingMergeChain`); everything else is checked as always.
-    public static func open(_ path: FilePath, writable: Bool = false, in space: any StoreSpace = LocalFileSystem(),
+    /// merge in progress; see `PendingMergeChain`); everything else is checked as always. `format`
+    /// applies to the leaf only (nil detects it); parents are always detected.
+    public static func open(_ path: FilePath, writable: Bool = false, format: DiskFormat? = nil, in space: any StoreSpace = LocalFileSystem(),
                             acceptsMismatch: ((FilePath, FilePath) -> Bool)? = nil) throws -> DiskChain {
-        let leaf = try DiskImages.openLevel(path, writable: writable, in: space)
+        let leaf = try DiskImages.openLevel(path, writable: writable, format: format, in: space)
         var levels: [any DiskImage] = [leaf]
         var seen: [String] = [space.canonical(path).string]
         do {
@@ -33,7 +34,13 @@ public struct DiskChain {
                 if seen.contains(canonical) {
                     throw DiskError.chainLoop(path: path.string, chain: seen + [canonical])
                 }
-                let parent = try DiskImages.openLevel(parentPath, writable: false, in: space)
+                let parent: any DiskImage
+                do {
+                    parent = try DiskImages.openLevel(parentPath, writable: false, in: space)
+                } catch let StorageError.notAFile(_, kind) {
+                    // A FIFO, socket or folder where the parent should be: refused at once (never opened blocking).
+                    throw DiskError.unsupported(path: child.path.string, reason: "its parent locator leads to \(parentPath.string), which is a \(kind), not an image file; put the parent image there (or point the child elsewhere with reparent)")
+                }
                 levels.append(parent)
                 seen.append(canonical)
                 guard parent.format == child.format else {

@@ -21,6 +21,8 @@ public struct DiskDescription: Codable, Sendable, Equatable {
     public var parentLocators: [ParentLocator]?
     /// Format-specific facts (geometry, creator, size rule, GUIDs, ...).
     public var properties: [String: String]
+    /// What the open tolerated (absent when nothing).
+    public var warnings: [String]?
 
     public init(_ image: any DiskImage) throws {
         path = image.path.string
@@ -36,5 +38,6 @@ public struct DiskDescription: Codable, Sendable, Equatable {
         parentID = image.parentLink?.expectedID.uuidString.lowercased()
         parentLocators = image.parentLink?.locators
         properties = image.properties
+        warnings = image.warnings.isEmpty ? nil : image.warnings
     }
 }

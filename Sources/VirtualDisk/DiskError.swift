@@ -24,6 +24,9 @@ public enum DiskError: Error, Equatable, Sendable, CustomStringConvertible {
     case outOfRange(path: String, offset: UInt64, length: UInt64, virtualSize: UInt64)
     /// The image is the parent of differencing children that the operation would break.
     case hasChildren(path: String, children: [String])
+    /// The file's name says `expected` (.vhd, .vhdx, ...) but its content has no signature of that
+    /// format (a truncated or foreign file); opening it as raw, explicitly, overrides.
+    case notRecognized(path: String, expected: DiskFormat, reason: String)
 
     public var description: String {
         switch self {
@@ -44,6 +47,8 @@ public enum DiskError: Error, Equatable, Sendable, CustomStringConvertible {
             return "\(path): differencing chain loops back on itself: \(chain.joined(separator: " -> "))"
         case let .outOfRange(path, offset, length, virtualSize):
             return "\(path): range \(offset)+\(length) lies beyond the virtual disk size \(virtualSize)"
+        case let .notRecognized(path, expected, reason):
+            return "\(path): not a \(expected.rawValue.uppercased()) image though its name says so: \(reason); open it as raw to override"
         case let .hasChildren(path, children):
             return "\(path): is the parent of differencing disks that this would break: \(children.joined(separator: ", ")); merge them first, or confirm that they may be broken"
         }

@@ -121,6 +121,9 @@ public protocol DiskImage: AnyObject {
     func close() throws
     /// Format-specific facts for `bulwark disk info` (geometry, creator, GUIDs, ...).
     var properties: [String: String] { get }
+    /// What is wrong with the file but tolerated by this open (e.g. a VHD footer checksum both copies
+    /// get wrong, opened read-only), for `bulwark disk info`; `check` reports the same as problems.
+    var warnings: [String] { get }
 }
 
 /// A run of virtual bytes stored contiguously at `fileOffset` in an image's store.
@@ -147,6 +150,8 @@ extension DiskImage {
 
     /// By default nothing is written in place from outside the format.
     public func inPlaceFileOffset(forWriting range: Range<UInt64>) throws -> UInt64? { nil }
+    /// By default an open tolerates nothing wrong.
+    public var warnings: [String] { [] }
 
     public var path: FilePath { store.path }
     public var isWritable: Bool { store.isWritable }

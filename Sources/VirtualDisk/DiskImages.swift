@@ -83,16 +83,33 @@ public enum DiskImages {
         return try detect(store).format
     }
 
+    /// The format whose signature `store` carries. A file named as a VHD or VHDX (`.vhd`, `.avhd`,
+    /// `.vhdx`, `.avhdx`) that carries none is refused rather than taken as raw: a truncated image
+    /// read (or resized) as raw bytes would silently be the wrong disk.
     static func detect(_ store: any ByteStore) throws -> any DiskImageFormat.Type {
-        for f in formats where try f.probe(store) { return f }
+        for f in formats where f.format != .raw {
+            if try f.probe(store) { return f }
+        }
+        let named = DiskFormat.fromExtension(of: store.path)
+        guard named == .raw else {
+            let size = try store.size()
+            let missing = named == .vhd ? "no VHD footer (cookie \"conectix\") at its end or at offset 0"
+                                        : "no VHDX file identifier (\"vhdxfile\") at offset 0"
+            throw DiskError.notRecognized(path: store.path.string, expected: named,
+                                          reason: "\(missing) (the file has \(size) byte\(size == 1 ? "" : "s"))")
+        }
         return RawFormat.self
     }
 
     /// Opens one image level (no parents). Use `DiskChain.open` to read through differencing chains.
-    public static func openLevel(_ path: FilePath, writable: Bool = false, in space: any StoreSpace = LocalFileSystem()) throws -> any DiskImage {
+    /// `format` nil detects it (signatures, and the name for VHD and VHDX files); a format given is
+    /// used as it is (`.raw` opens any file as raw bytes).
+    public static func openLevel(_ path: FilePath, writable: Bool = false, format: DiskFormat? = nil,
+                                 in space: any StoreSpace = LocalFileSystem()) throws -> any DiskImage {
         let store = try space.open(path, writable: writable)
         do {
-            return try detect(store).open(store)
+            let driver = try format.map(driver(for:)) ?? detect(store)
+            return try driver.open(store)
         } catch {
             try? store.close()
             throw error

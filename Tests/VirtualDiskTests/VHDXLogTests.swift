@@ -305,7 +305,10 @@ import Storage
 
     @Test func notAVHDXAtAll() throws {
         try VHDXTest.poke(path, at: 0, Array("notvhdx!".utf8))
-        #expect(try DiskImages.detectFormat(FilePath(path)) == .raw)
+        // Named .vhdx without the signature: refused, not taken as raw (unless asked for as raw).
+        #expect(throws: DiskError.notRecognized(path: path, expected: .vhdx, reason: "no VHDX file identifier (\"vhdxfile\") at offset 0 (the file has 6291456 bytes)")) {
+            _ = try DiskImages.detectFormat(FilePath(path))
+        }
         #expect(throws: DiskError.self) { try VHDXImage(store: BlockFile.open(FilePath(path), writable: false)) }
         let report = try VHDXFormat.check(FilePath(path), repair: true)
         #expect(!report.isClean)

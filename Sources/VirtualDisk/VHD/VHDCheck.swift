@@ -2,7 +2,9 @@ import SystemPackage
 import Storage
 
 /// Consistency checks of VHD files, and the repairs that cannot lose data: restoring one footer from
-/// the other, and dropping BAT entries that point past the end of the store.
+/// the other, rewriting a footer checksum both identical copies get wrong, completing a 511-byte end
+/// footer, dropping BAT entries that point past the end of the store, and reclaiming space no BAT
+/// entry references (orphaned blocks of an interrupted write).
 extension VHDFormat: CheckableFormat {
     public static func check(_ path: FilePath, repair: Bool) throws -> CheckReport {
         let store = try BlockFile.open(path, writable: repair)
@@ -25,6 +27,9 @@ extension VHDFormat: CheckableFormat {
         var header: VHDDynamicHeader?
         var bat: [UInt32] = []
         var pastEnd: [Int] = []
+        var checksumMismatch = false
+        var shortFooter = false
+        var orphanedBytes: UInt64 = 0
     }
 
     private static func inspect(_ store: any ByteStore) throws -> Findings {
@@ -42,6 +47,15 @@ extension VHDFormat: CheckableFormat {
         do {
             let found = try findFooter(store, size: size)
             if found.source != "copy at offset 0" { f.endFooter = found.footer; f.endOffset = found.offset }
+            if let bad = found.checksumMismatch {
+                f.checksumMismatch = true
+                f.copyFooter = found.footer
+                problem(.error, "the footer checksum is wrong in both copies (stored 0x\(String(bad.stored, radix: 16)), computed 0x\(String(bad.computed, radix: 16))), which otherwise agree byte for byte: the image opens read-only only; repair rewrites the checksum", repairable: true)
+            }
+            if found.source == "end (511-byte footer)" {
+                f.shortFooter = true
+                problem(.error, "the end footer is 511 bytes, one short: the file was cut by one byte (or is a Virtual PC 2003 image); repair completes it", repairable: true)
+            }
         } catch let e as DiskError { endReason = "\(e)" }
         if f.endFooter == nil, endReason.isEmpty {
             do {
@@ -50,7 +64,7 @@ extension VHDFormat: CheckableFormat {
                 if case .corrupt(_, let reason) = e { endReason = reason } else { endReason = "\(e)" }
             }
         }
-        f.copyFooter = try? VHDFooter(try store.read(count: 512, at: 0), path: path, where: "at offset 0")
+        if !f.checksumMismatch { f.copyFooter = try? VHDFooter(try store.read(count: 512, at: 0), path: path, where: "at offset 0") }
         guard let footer = f.endFooter ?? f.copyFooter, footer.diskKind != .fixed || f.endFooter != nil else {
             problem(.error, "no valid footer: \(endReason.isEmpty ? "none at the end of the file" : endReason)")
             return f
@@ -133,13 +147,43 @@ extension VHDFormat: CheckableFormat {
         for (a, b) in zip(blocks, blocks.dropFirst()) where a.1.overlaps(b.1) {
             problem(.error, "BAT entries \(a.0) and \(b.0) point to overlapping blocks (at \(a.1.lowerBound) and \(b.1.lowerBound))")
         }
+        if f.endFooter != nil {
+            var kept = f.bat
+            for i in f.pastEnd { kept[i] = VHDImage.unused }
+            let layout = VHDLayout(footer: footer, header: header, bat: kept, fileSize: size)
+            let slots = layout.orphanedSlots
+            let tail = f.endOffset > layout.end ? f.endOffset - layout.end : 0
+            f.orphanedBytes = UInt64(slots.count) * layout.slot + tail
+            if f.orphanedBytes > 0 {
+                var parts: [String] = []
+                if !slots.isEmpty { parts.append("\(slots.count) block slot\(slots.count == 1 ? "" : "s") between blocks") }
+                if tail > 0 { parts.append("\(tail) bytes after the last block") }
+                problem(.error, "\(f.orphanedBytes) bytes of file space are referenced by no BAT entry (\(parts.joined(separator: " and "))): blocks of an interrupted write; repair or compact reclaims them", repairable: true)
+            }
+        }
         return f
     }
 
     /// Applies the safe repairs and says what it did.
     private static func fix(_ store: any ByteStore) throws -> [String] {
-        let f = try inspect(store)
+        var f = try inspect(store)
         var repairs: [String] = []
+        if f.checksumMismatch, let footer = f.endFooter {
+            // The end footer first: a crash before the copy at 0 leaves a valid end footer to restore it from.
+            try store.write(footer.bytes, at: f.endOffset)
+            try store.flush()
+            try store.write(footer.bytes, at: 0)
+            try store.flush()
+            repairs.append("rewrote the footer checksum in both copies (at the end and at offset 0)")
+            f = try inspect(store)
+        }
+        if f.shortFooter, let footer = f.endFooter {
+            // The 511 bytes there are the footer's own: the write only adds the missing last byte.
+            try store.write(footer.bytes, at: f.endOffset)
+            try store.flush()
+            repairs.append("completed the 511-byte end footer to 512 bytes")
+            f = try inspect(store)
+        }
         guard let footer = f.endFooter ?? f.copyFooter, let header = f.header else { return repairs }
         var bat = f.bat
         if !f.pastEnd.isEmpty {
@@ -151,19 +195,23 @@ extension VHDFormat: CheckableFormat {
             repairs.append("dropped \(f.pastEnd.count) BAT entr\(f.pastEnd.count == 1 ? "y" : "ies") pointing past the end of the file (\(f.pastEnd.map(String.init).joined(separator: ", "))); those blocks now read from the parent or as zeros")
         }
         if f.endFooter == nil {
-            let size = try store.size()
-            var end: UInt64 = max(512, footer.dataOffset + 1024, header.tableOffset + header.tableBytes)
-            for l in header.locators where l.isUsed && l.dataOffset < size { end = max(end, l.dataOffset + l.spaceBytes) }
-            let slot = UInt64(header.bitmapBytes) + UInt64(header.blockSize)
-            for e in bat where e != VHDImage.unused { end = max(end, UInt64(e) * 512 + slot) }
-            end = VHDBytes.roundUp(end, 512)
+            let end = VHDLayout(footer: footer, header: header, bat: bat, fileSize: try store.size()).end
             try store.write(footer.bytes, at: end)
             try store.flush()
             try store.truncate(to: end + 512)
             repairs.append("wrote the footer at the end of the file (offset \(end)) from the copy at offset 0")
-        } else if f.copyFooter == nil || f.copyFooter!.bytes != footer.bytes {
+        } else if f.copyFooter?.bytes != footer.bytes {
             try store.write(footer.bytes, at: 0)
+            try store.flush()
             repairs.append("restored the footer copy at offset 0 from the footer at the end")
+        }
+        if f.orphanedBytes > 0 {
+            // The footers are whole now; moving blocks and cutting the tail is the image's job. An image
+            // that does not open (other damage) keeps its orphaned space, reported again below.
+            if let image = try? openImage(store) {
+                let cut = try image.reclaimOrphanedSpace()
+                repairs.append("reclaimed \(f.orphanedBytes) bytes no BAT entry referenced (the file shrank by \(cut) bytes)")
+            }
         }
         return repairs
     }

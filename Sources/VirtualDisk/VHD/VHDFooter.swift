@@ -45,15 +45,23 @@ struct VHDFooter: Equatable, Sendable {
         bytes.count >= 8 && Array(bytes[0..<8]) == cookie
     }
 
-    /// Parses a footer; `path` and `where` only name the place in errors.
-    init(_ b: [UInt8], path: String, where place: String) throws {
+    /// The stored and the computed checksum of a footer's bytes, when they differ.
+    static func checksumMismatch(_ bytes: [UInt8]) -> (stored: UInt32, computed: UInt32)? {
+        guard bytes.count >= 68 else { return nil }
+        let stored = VHDBytes.u32(bytes, 64), computed = VHDBytes.checksum(bytes, skipping: 64)
+        return stored == computed ? nil : (stored, computed)
+    }
+
+    /// Parses a footer; `path` and `where` only name the place in errors. `ignoringChecksum` is for
+    /// the one case where a wrong checksum is tolerated (both copies identical, see `VHDFormat.findFooter`).
+    init(_ b: [UInt8], path: String, where place: String, ignoringChecksum: Bool = false) throws {
         guard b.count >= 511 else { throw DiskError.truncated(path: path, needed: 512, actual: UInt64(b.count)) }
         let bytes = b.count == 512 ? b : b + [UInt8](repeating: 0, count: 512 - b.count)
         guard Self.hasCookie(bytes) else {
             throw DiskError.corrupt(path: path, reason: "no VHD footer cookie \"conectix\" \(place)")
         }
         let stored = VHDBytes.u32(bytes, 64), computed = VHDBytes.checksum(bytes, skipping: 64)
-        guard stored == computed else {
+        guard stored == computed || ignoringChecksum else {
             throw DiskError.corrupt(path: path, reason: "VHD footer checksum mismatch \(place): stored 0x\(String(stored, radix: 16)), computed 0x\(String(computed, radix: 16))")
         }
         features = VHDBytes.u32(bytes, 8)

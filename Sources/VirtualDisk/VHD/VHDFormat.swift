@@ -30,6 +30,14 @@ public enum VHDFormat: DiskImageFormat {
         guard size >= 512 else { throw DiskError.truncated(path: path, needed: 512, actual: size) }
         let found = try findFooter(store, size: size)
         let footer = found.footer
+        var warnings: [String] = []
+        if let bad = found.checksumMismatch {
+            let what = "the footer checksum is wrong in both copies (stored 0x\(String(bad.stored, radix: 16)), computed 0x\(String(bad.computed, radix: 16))), which otherwise agree byte for byte"
+            guard !store.isWritable else {
+                throw DiskError.corrupt(path: path, reason: "\(what); it opens read-only, and opens for writing once a check with repair rewrote the checksum")
+            }
+            warnings.append("\(what); read as they are (repair rewrites the checksum)")
+        }
         guard footer.diskKind != .fixed else {
             guard found.offset >= footer.currentSize else {
                 throw DiskError.truncated(path: path, needed: footer.currentSize + 512, actual: size)
@@ -61,27 +69,52 @@ public enum VHDFormat: DiskImageFormat {
         let locators = footer.diskKind == .differencing ? readLocators(store, header: header, size: size) : []
         let image = VHDImage(store: store, footer: footer, header: header, bat: bat, footerOffset: found.offset,
                              tailDirty: false, footerSource: found.source, locators: locators)
+        image.warnings = warnings
         if found.source == "copy at offset 0" {
             image.footerOffset = image.structuresEnd()
             image.tailDirty = true
+        } else if image.structuresEnd() < found.offset {
+            image.tailOrphaned = true
+            image.warnings.append("\(found.offset - image.structuresEnd()) bytes before the end footer are referenced by no BAT entry (left by an interrupted write); the next write reuses them, and repair or compact reclaims them")
         }
         return image
     }
 
+    /// What `findFooter` found: the footer, where it ends the data, and what was tolerated.
+    struct FoundFooter {
+        var footer: VHDFooter
+        /// Where the end footer lies (the file size when only the copy at 0 is valid).
+        var offset: UInt64
+        var source: String
+        /// Set when both copies carry the same wrong checksum (the footer is used all the same).
+        var checksumMismatch: (stored: UInt32, computed: UInt32)?
+    }
+
     /// The footer at the end of the store, or else (dynamic and differencing images) its copy at 0.
-    static func findFooter(_ store: any ByteStore, size: UInt64) throws -> (footer: VHDFooter, offset: UInt64, source: String) {
+    ///
+    /// One damaged case is tolerated: a dynamic or differencing image whose two footer copies are
+    /// identical byte for byte but carry a wrong checksum (some foreign tools write them so; libvhdi
+    /// reads them, qemu refuses them). Identical copies cannot both have been torn by a crash, so the
+    /// fields are trusted; `openImage` allows such a file read-only, and check's repair fixes it.
+    static func findFooter(_ store: any ByteStore, size: UInt64) throws -> FoundFooter {
         let path = store.path.string
         var endError: DiskError
         let end = try store.read(count: 512, at: size - 512)
         do {
-            return (try VHDFooter(end, path: path, where: "at the end of the file (offset \(size - 512))"), size - 512, "end")
+            return FoundFooter(footer: try VHDFooter(end, path: path, where: "at the end of the file (offset \(size - 512))"), offset: size - 512, source: "end")
         } catch let e as DiskError { endError = e }
         if size % 512 == 511, VHDFooter.hasCookie(try store.read(count: 8, at: size - 511)) {
             let old = try store.read(count: 511, at: size - 511)
-            return (try VHDFooter(old, path: path, where: "at the end of the file (511-byte footer at \(size - 511))"), size - 511, "end (511-byte footer)")
+            return FoundFooter(footer: try VHDFooter(old, path: path, where: "at the end of the file (511-byte footer at \(size - 511))"),
+                               offset: size - 511, source: "end (511-byte footer)")
         }
-        if let copy = try? VHDFooter(try store.read(count: 512, at: 0), path: path, where: "at offset 0"), copy.diskKind != .fixed {
-            return (copy, size, "copy at offset 0")
+        let start = try store.read(count: 512, at: 0)
+        if let copy = try? VHDFooter(start, path: path, where: "at offset 0"), copy.diskKind != .fixed {
+            return FoundFooter(footer: copy, offset: size, source: "copy at offset 0")
+        }
+        if size >= 1024, start == end, let bad = VHDFooter.checksumMismatch(end),
+           let footer = try? VHDFooter(end, path: path, where: "at the end of the file", ignoringChecksum: true), footer.diskKind != .fixed {
+            return FoundFooter(footer: footer, offset: size - 512, source: "end", checksumMismatch: bad)
         }
         if case .corrupt(_, let reason) = endError, reason.hasPrefix("no VHD footer cookie") {
             endError = .corrupt(path: path, reason: "no VHD footer (cookie \"conectix\") at the end of the file (offset \(size - 512)) nor a valid footer copy at offset 0")

@@ -7,6 +7,13 @@ import SystemPackage
 extension VHDImage {
     /// Grows the virtual disk. Fixed images move their footer to the new end; dynamic ones grow the
     /// BAT (relocating it to the end of the file when data follows it). Shrinking is refused.
+    ///
+    /// Both size fields of the footer take the new size. The specification calls the original size
+    /// "informational" (the size at creation) and the current size the one that changes on expansion;
+    /// but readers disagree on which one to use: qemu (block/vpc.c) and Hyper-V read the current size,
+    /// while libvhdi (and every tool built on it: pyvhdi, vhdimount, dfvfs, plaso) reports the original
+    /// size as the media size. Setting both keeps all of them agreeing on the resized disk; nothing
+    /// reads the original size as a record of the creation size.
     public func resize(to newSize: UInt64) throws {
         guard newSize > 0, newSize % 512 == 0, newSize <= VHDFormat.maximumSize else {
             throw DiskError.invalidArgument("\(path.string): VHD virtual size \(newSize) must be a positive multiple of 512 bytes up to 2040 GiB")
@@ -22,8 +29,10 @@ extension VHDImage {
             return
         }
         try flush()
+        try cleanTail()  // leftovers of a killed write go first: the footer and any new table follow the last block
         var newFooter = footer
         newFooter.currentSize = newSize
+        newFooter.originalSize = newSize
         newFooter.geometry = VHDGeometry(forSize: newSize)
         // The CHS size rule cannot express arbitrary sizes: record a creator whose rule is the
         // current size (as Hyper-V does when it expands a disk).
@@ -172,13 +181,45 @@ extension VHDImage {
             if zero { released.append(index) }
         }
         progress?.report(virtualSize, of: virtualSize)
-        guard !released.isEmpty else { return 0 }
-        var free = released.map { UInt64(bat[$0]) * 512 }
-        for index in released { bat[index] = Self.unused }
-        try writeTable()
+        let orphaned = layout?.orphanedSlots ?? []
+        guard !released.isEmpty || !orphaned.isEmpty || structuresEnd() < footerOffset else { return 0 }
+        let free = released.map { UInt64(bat[$0]) * 512 } + orphaned
+        if !released.isEmpty {
+            for index in released { bat[index] = Self.unused }
+            try writeTable()
+            try store.flush()
+        }
+        let holes = try pack(into: free)
+        try reclaimOrphanedTail()
+        for hole in holes where hole + slot <= footerOffset { _ = try store.punchHole(at: hole, length: slot) }
         try store.flush()
-        // Move the last blocks into the holes (copy, make durable, then repoint the entry).
-        free.sort()
+        let after = try store.allocatedBytes()
+        return before > after ? before - after : 0
+    }
+
+    /// Reclaims the space no BAT entry references (orphaned block slots and the tail), without
+    /// releasing any block; what `check --repair` does. Returns the bytes the file shrank by.
+    @discardableResult
+    public func reclaimOrphanedSpace() throws -> UInt64 {
+        guard store.isWritable else { throw StorageError.readOnly(path: path.string) }
+        guard let layout else { return 0 }
+        try flush()
+        let before = try store.size()
+        let holes = try pack(into: layout.orphanedSlots)
+        try reclaimOrphanedTail()
+        for hole in holes where hole + layout.slot <= footerOffset { _ = try store.punchHole(at: hole, length: layout.slot) }
+        try store.flush()
+        let after = try store.size()
+        return before > after ? before - after : 0
+    }
+
+    /// Moves the last blocks into the `free` slots before them, one at a time: copy, sync, repoint
+    /// the BAT entry, sync. A kill at any point leaves each block readable at its old or its new
+    /// place (the other copy then orphaned). Returns the slots still free, to punch out.
+    func pack(into free: [UInt64]) throws -> [UInt64] {
+        guard let header, !free.isEmpty else { return free }
+        let slot = UInt64(bitmapBytes) + UInt64(header.blockSize)
+        var free = free.sorted()
         var live = bat.indices.filter { bat[$0] != Self.unused }.sorted { bat[$0] > bat[$1] }
         let copyBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
         defer { copyBuffer.deallocate() }
@@ -195,17 +236,24 @@ extension VHDImage {
             live.removeFirst()
         }
         dropCaches()
+        return free
+    }
+
+    /// Moves the end footer back to the end of the last structure or block and cuts the file after
+    /// it. The footer goes over unreferenced bytes and is synced before the cut, so the file ends with
+    /// a valid footer at every moment. Returns the bytes cut.
+    @discardableResult
+    func reclaimOrphanedTail() throws -> UInt64 {
         let end = structuresEnd()
-        if end < footerOffset {
-            try store.write(footer.bytes, at: end)
-            try store.flush()
-            try store.truncate(to: end + 512)
-            footerOffset = end
-        }
-        for hole in free where hole + slot <= footerOffset { try store.punchHole(at: hole, length: slot) }
+        guard header != nil, end < footerOffset else { return 0 }
+        let size = try store.size()
+        try store.write(footer.bytes, at: end)
         try store.flush()
-        let after = try store.allocatedBytes()
-        return before > after ? before - after : 0
+        try store.truncate(to: end + 512)
+        try store.flush()
+        footerOffset = end
+        footerSource = "end"
+        return size > end + 512 ? size - end - 512 : 0
     }
 
     /// Writes BAT entries (all, or the sectors holding `entries`) from memory.

@@ -69,6 +69,9 @@ extension VHDXFormat {
         // Everything else (region meaning, metadata, BAT) is what opening validates (read-only: never writes).
         do {
             let image = try VHDXImage(store: try BlockFile.open(path, writable: false))
+            if !header.isLogDirty, image.diskFileSize > image.fileEnd {
+                problem(.warning, "\(image.diskFileSize - image.fileEnd) bytes after the last referenced structure or block (from offset \(image.fileEnd)) are referenced by nothing: blocks of an interrupted write, or space another tool reserved; repair or compact truncates them", repairable: true)
+            }
             try image.close()
         } catch {
             problem(.error, "\(error)")
@@ -109,6 +112,14 @@ extension VHDXFormat {
             let image = try VHDXImage(store: try BlockFile.open(path, writable: true))
             try image.close()
             repairs.append("replayed the log into the file and cleared the LogGuid")
+        }
+        if let image = try? VHDXImage(store: try BlockFile.open(path, writable: true)) {
+            let end = image.fileEnd, size = image.diskFileSize
+            if size > end {
+                try image.reclaimOrphanedTail()
+                repairs.append("truncated \(size - end) unreferenced bytes after offset \(end)")
+            }
+            try image.close()
         }
         return repairs
     }

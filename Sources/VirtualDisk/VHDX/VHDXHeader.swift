@@ -110,6 +110,12 @@ struct VHDXHeaderPair {
         guard h.logLength <= 1 << 30 else {
             throw DiskError.unsupported(path: path, reason: "a log of \(h.logLength) bytes (more than 1 GiB) is refused")
         }
+        // Clean or not, the log must lie inside the file: the first write would otherwise put a log
+        // entry wherever the header says (a damaged offset grew files to a terabyte).
+        let (logEnd, overflow) = h.logOffset.addingReportingOverflow(UInt64(h.logLength))
+        guard h.logLength == 0 || (!overflow && logEnd <= fileSize) else {
+            throw DiskError.corrupt(path: path, reason: "the log (offset \(h.logOffset), length \(h.logLength)) lies past the end of the file (\(fileSize) bytes): the header is damaged or the file was cut")
+        }
     }
 }
 
@@ -177,7 +183,8 @@ struct VHDXRegionTable: Equatable {
                     throw DiskError.unsupported(path: path, reason: "the region table has an unknown region \(e.guid.uuidString) marked required")
                 }
             }
-            guard e.fileOffset % VHDXSize.mib == 0, e.fileOffset >= VHDXSize.mib, UInt64(e.length) % VHDXSize.mib == 0, e.length > 0 else {
+            guard e.fileOffset % VHDXSize.mib == 0, e.fileOffset >= VHDXSize.mib, UInt64(e.length) % VHDXSize.mib == 0, e.length > 0,
+                  !e.fileOffset.addingReportingOverflow(UInt64(e.length)).overflow else {
                 throw DiskError.corrupt(path: path, reason: "region \(e.guid.uuidString) has an invalid placement (offset \(e.fileOffset), length \(e.length); both must be nonzero multiples of 1 MiB after the header section)")
             }
         }

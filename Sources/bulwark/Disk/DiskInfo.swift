@@ -14,15 +14,16 @@ struct DiskInfo: ParsableCommand {
     @Argument(help: "The image.") var path: String
     @Flag(help: "Describe every level of the differencing chain, leaf first.") var chain = false
     @OptionGroup var printing: OutputOptions
+    @Option(help: "Open PATH as vhd, vhdx or raw (default: detected; a .vhd/.vhdx name needs its signature).") var format: DiskFormat?
 
     func run() throws {
         let descriptions: [DiskDescription]
         if chain {
-            let opened = try DiskChain.open(FilePath(path))
+            let opened = try DiskChain.open(FilePath(path), format: format)
             defer { try? opened.close() }
             descriptions = try opened.levels.map { try DiskDescription($0) }
         } else {
-            let image = try DiskImages.openLevel(FilePath(path))
+            let image = try DiskImages.openLevel(FilePath(path), format: format)
             defer { try? image.close() }
             descriptions = [try DiskDescription(image)]
         }
@@ -47,6 +48,7 @@ struct DiskInfo: ParsableCommand {
             if let parentID = d.parentID { rows.append(("parent id", parentID)) }
             for locator in d.parentLocators ?? [] { rows.append(("parent locator (\(locator.kind.rawValue))", locator.path)) }
             for key in d.properties.keys.sorted() { rows.append((key, d.properties[key]!)) }
+            for warning in d.warnings ?? [] { rows.append(("warning", warning)) }
             let width = rows.map(\.0.count).max() ?? 0
             for (k, v) in rows { print("  \(k.padding(toLength: width, withPad: " ", startingAt: 0))  \(v)") }
         }

@@ -15,9 +15,10 @@ struct DiskRead: ParsableCommand {
     @Option(parsing: .unconditional, help: ArgumentHelp("Number of bytes (default: to the end of the disk).", valueName: "size"), transform: Size.parse)
     var length: Size?
     @Option(name: .shortAndLong, help: "Write to this file instead of standard output.") var output: String?
+    @Option(help: "Open PATH as vhd, vhdx or raw (default: detected; a .vhd/.vhdx name needs its signature).") var format: DiskFormat?
 
     func run() throws {
-        let chain = try DiskChain.open(FilePath(path))
+        let chain = try DiskChain.open(FilePath(path), format: format)
         defer { try? chain.close() }
         let image = chain.leaf
         // Both checks before any arithmetic: a huge offset or length is refused, never overflows.

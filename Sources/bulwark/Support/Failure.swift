@@ -33,7 +33,7 @@ enum ExitStatus {
     static func of(_ error: DiskError) -> Int32 {
         switch error {
         case .parentNotFound: notFound
-        case .corrupt, .truncated, .parentMismatch, .chainLoop: corrupt
+        case .corrupt, .truncated, .parentMismatch, .chainLoop, .notRecognized: corrupt
         case .hasChildren: refused
         case .invalidArgument, .outOfRange: usage
         case .unsupported: failed
@@ -77,6 +77,8 @@ enum Failure {
             return ["`bulwark disk reparent \(child) --parent PATH` points it at a moved parent"]
         case let .parentMismatch(child, parent, _, _):
             return ["if \(parent) is the right parent after all, `bulwark disk reparent \(child) --parent \(parent) --ignore-id-mismatch` accepts it"]
+        case .notRecognized:
+            return ["pass --format raw to open it as a raw disk on purpose"]
         case let .outOfRange(_, _, _, virtualSize):
             return ["the disk holds \(ByteCount.format(virtualSize)) (\(virtualSize) bytes): --offset and --length must stay within it"]
         default:

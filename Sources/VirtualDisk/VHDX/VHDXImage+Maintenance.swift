@@ -52,9 +52,9 @@ extension VHDXImage {
             for block in geometry.payloadBlocks..<newGeometry.payloadBlocks {
                 let i = newGeometry.payloadIndex(block)
                 if type == .fixed {
-                    let at = allocate(geometry.blockSize)
+                    let at = try allocate(geometry.blockSize)
                     try store.preallocate(at: at, length: geometry.blockSize)
-                    unsynced = true
+                    session.unsynced = true
                     bat[i] = VHDXBATEntry(state: VHDXBlockState.fullyPresent.rawValue, fileOffset: at).raw
                     dirty.insert(i)
                 } else if bat[i] != 0 {
@@ -82,13 +82,13 @@ extension VHDXImage {
         guard length <= UInt64(UInt32.max) / VHDXSize.mib * VHDXSize.mib else {
             throw DiskError.unsupported(path: path.string, reason: "the BAT would need \(length) bytes, more than a region can hold")
         }
-        let at = allocate(length)
+        let at = try allocate(length)
         try store.truncate(to: fileEnd)
         diskFileSize = fileEnd
         var bytes = [UInt8](repeating: 0, count: bat.count * 8)
         for (i, e) in bat.enumerated() where e != 0 { bytes.setLE64(i * 8, e) }
         try store.write(bytes, at: at)
-        unsynced = true
+        session.unsynced = true
         var table = regionTable
         for i in table.entries.indices where table.entries[i].guid == VHDXRegionTable.bat {
             table.entries[i].fileOffset = at
@@ -174,7 +174,7 @@ extension VHDXImage {
             freed.append(e.fileOffset)
         }
         progress?.report(virtualSize, of: virtualSize)
-        guard !dirty.isEmpty else { return 0 }
+        guard !dirty.isEmpty else { return try reclaimOrphanedTail() }
         // The new end: everything still referenced.
         var end = max(header.logOffset + UInt64(header.logLength), batRegion.range.upperBound, metadataRegion.range.upperBound)
         for (i, raw) in bat.enumerated() {
@@ -188,11 +188,29 @@ extension VHDXImage {
         fileEnd = end
         try logAndApply(batSectors(dirty), flushedFileOffset: end)
         try syncIfNeeded()
-        for offset in freed where offset < end { try store.punchHole(at: offset, length: bs) }
+        for offset in freed where offset < end { _ = try store.punchHole(at: offset, length: bs) }
         if diskFileSize > end {
             try store.truncate(to: end)
             diskFileSize = end
         }
+        try store.flush()
+        let after = try store.allocatedBytes()
+        return before > after ? before - after : 0
+    }
+
+    /// Cuts the file after the last referenced byte (space MS-VHDX allows, but that only a write killed
+    /// before its log entry, or another tool's reservation, leaves there). No log entry is needed:
+    /// nothing references the bytes cut, and a crash before the cut leaves the longer file with the
+    /// same references. Returns the allocated bytes released.
+    @discardableResult
+    public func reclaimOrphanedTail() throws -> UInt64 {
+        guard isWritable else { throw StorageError.readOnly(path: path.string) }
+        try flush()
+        guard diskFileSize > fileEnd else { return 0 }
+        let before = try store.allocatedBytes()
+        try beginSession(dataWrite: false)
+        try store.truncate(to: fileEnd)
+        diskFileSize = fileEnd
         try store.flush()
         let after = try store.allocatedBytes()
         return before > after ? before - after : 0
