@@ -16,7 +16,8 @@ public enum LockHolders {
     /// Whether another open file description holds the writer lock on `path` (a shared lock cannot be
     /// taken). Readers take no lock, so this is exactly "a writer has it open".
     public static func isLocked(_ path: FilePath) -> Bool {
-        let fd = open(path.string, O_RDONLY | O_CLOEXEC)
+        // Non-blocking: a FIFO in place of an image must not hang the question.
+        let fd = open(path.string, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { return false }
         defer { close(fd) }
         guard flock(fd, LOCK_SH | LOCK_NB) == 0 else { return errno == EWOULDBLOCK }

@@ -1,8 +1,7 @@
-import Dispatch
 import Storage
-import Synchronization
 
-/// Reading: BAT entries and sector bitmaps turned into extents, and parallel reads of stored runs.
+/// Reading: BAT entries and sector bitmaps turned into extents (the reads themselves are the shared
+/// `DiskImage.read`).
 extension VHDXImage {
     func entry(block: UInt64) -> VHDXBATEntry { VHDXBATEntry(raw: bat[geometry.payloadIndex(block)]) }
 
@@ -84,53 +83,4 @@ extension VHDXImage {
         }
         self.parent = parent
     }
-
-    /// Reads through the extents; large stored runs are read in parallel pieces (as qemu keeps several
-    /// requests in flight), the rest (zeros, the parent) on the calling thread.
-    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
-        try checkRange(offset: offset, length: buffer.count)
-        guard !buffer.isEmpty else { return }
-        var pieces: [(lower: Int, count: Int, fileOffset: UInt64)] = []
-        let piece = 1 << 20
-        for extent in try extents(in: offset..<offset + UInt64(buffer.count)) {
-            let lower = Int(extent.range.lowerBound - offset)
-            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[lower..<lower + extent.range.count])
-            switch extent.kind {
-            case .data(let fileOffset):
-                var done = 0
-                while done < slice.count {
-                    let n = min(piece, slice.count - done)
-                    pieces.append((lower + done, n, fileOffset + UInt64(done)))
-                    done += n
-                }
-            case .zero:
-                slice.initializeMemory(as: UInt8.self, repeating: 0)
-            case .unallocated:
-                if let parent { try parent.read(into: slice, at: extent.range.lowerBound) } else { slice.initializeMemory(as: UInt8.self, repeating: 0) }
-            }
-        }
-        if pieces.count < 2 {
-            for p in pieces { try store.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[p.lower..<p.lower + p.count]), at: p.fileOffset) }
-            return
-        }
-        let lanes = min(pieces.count, 4)
-        let failure = FirstError()
-        let store = self.store
-        nonisolated(unsafe) let target = buffer
-        let work = pieces
-        DispatchQueue.concurrentPerform(iterations: lanes) { lane in
-            for i in stride(from: lane, to: work.count, by: lanes) {
-                let p = work[i]
-                do { try store.read(into: UnsafeMutableRawBufferPointer(rebasing: target[p.lower..<p.lower + p.count]), at: p.fileOffset) } catch { failure.record(error) }
-            }
-        }
-        if let error = failure.error { throw error }
-    }
-}
-
-/// The first error reported by parallel workers.
-private final class FirstError: Sendable {
-    private let stored = Mutex<(any Error)?>(nil)
-    var error: (any Error)? { stored.withLock { $0 } }
-    func record(_ e: any Error) { stored.withLock { if $0 == nil { $0 = e } } }
 }
