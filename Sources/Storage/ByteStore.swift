@@ -12,7 +12,7 @@ import SystemPackage
 /// threads at once (a copy pipeline reads on one thread while the caller writes on another), but
 /// calls are blocking: make them from a thread of `BlockingPool`, never directly from Swift's
 /// cooperative pool.
-public protocol ByteStore: AnyObject, Sendable {
+public protocol ByteStore: PositionedIO, Sendable {
     /// The path the store was opened with, as its space names it (used in every error message).
     var path: FilePath { get }
     /// Whether writes are allowed.
@@ -92,18 +92,6 @@ extension ByteStore {
     public var allocationUnit: UInt64 { 4096 }
     public var deviceSectorSizes: (logical: Int, physical: Int)? { nil }
 
-    /// Reads `count` bytes at `offset` into a new array.
-    public func read(count: Int, at offset: UInt64) throws -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count)
-        try bytes.withUnsafeMutableBytes { try read(into: $0, at: offset) }
-        return bytes
-    }
-
-    /// Writes `bytes` at `offset`.
-    public func write(_ bytes: [UInt8], at offset: UInt64) throws {
-        try bytes.withUnsafeBytes { try write($0, at: offset) }
-    }
-
     /// Writes `count` zero bytes at `offset`, in bounded chunks.
     public func writeZeros(count: UInt64, at offset: UInt64) throws {
         let chunk = Int(min(count, 1 << 20))
@@ -131,6 +119,26 @@ extension ByteStore {
             try write(UnsafeRawBufferPointer(slice), at: offset + done)
             done += UInt64(n)
         }
+    }
+}
+
+/// Anything read and written at byte offsets: stores (file offsets) and disk images (virtual offsets).
+public protocol PositionedIO: AnyObject {
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws
+    func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws
+}
+
+extension PositionedIO {
+    /// Reads `count` bytes at `offset` into a new array.
+    public func read(count: Int, at offset: UInt64) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        try bytes.withUnsafeMutableBytes { try read(into: $0, at: offset) }
+        return bytes
+    }
+
+    /// Writes `bytes` at `offset`.
+    public func write(_ bytes: [UInt8], at offset: UInt64) throws {
+        try bytes.withUnsafeBytes { try write($0, at: offset) }
     }
 }
 

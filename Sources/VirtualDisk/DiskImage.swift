@@ -81,7 +81,7 @@ public struct ParentLink: Equatable, Sendable {
 ///
 /// Reads go through the chain (a differencing image falls back to its `parent`); writes go to this
 /// level only. Implementations do blocking I/O (see `BlockFile`).
-public protocol DiskImage: AnyObject {
+public protocol DiskImage: PositionedIO {
     /// The store this level lives in (a local file, a block device, a file on a share, ...).
     var store: any ByteStore { get }
     var format: DiskFormat { get }
@@ -228,18 +228,6 @@ extension DiskImage {
         if n < slice.count {
             UnsafeMutableRawBufferPointer(rebasing: slice[n...]).initializeMemory(as: UInt8.self, repeating: 0)
         }
-    }
-
-    /// Reads `count` virtual bytes at `offset` into a new array.
-    public func read(count: Int, at offset: UInt64) throws -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count)
-        try bytes.withUnsafeMutableBytes { try read(into: $0, at: offset) }
-        return bytes
-    }
-
-    /// Writes `bytes` at virtual `offset`.
-    public func write(_ bytes: [UInt8], at offset: UInt64) throws {
-        try bytes.withUnsafeBytes { try write($0, at: offset) }
     }
 
     /// The chain from this level to its base, this level first.

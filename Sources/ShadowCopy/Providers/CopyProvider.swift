@@ -76,12 +76,7 @@ public struct CopyProvider: SnapshotProvider {
     }
 
     public func finish(_ snapshot: ProviderSnapshot, context: SnapshotContext) async throws {
-        try await BlockingPool.disk.run {
-            defer { ProviderFiles.forgetPlan(context) }
-            let (items, _) = try ProviderFiles.cachedPlan(context.disks, context)
-            try ProviderFiles.repoint(items)
-            try ProviderFiles.sync(items.map(\.target), provider: "copy")
-        }
+        try await ProviderFiles.finishCopies(context, provider: "copy")
     }
 
     public func abort(disks: [String], context: SnapshotContext) async {

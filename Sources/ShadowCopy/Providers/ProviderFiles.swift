@@ -142,4 +142,15 @@ enum ProviderFiles {
             try FileOps.syncDirectory(of: FilePath(p))
         }
     }
+
+    /// After the thaw, for the providers that copy (or reflink) whole chains: re-points each copied
+    /// level at the copy of its parent and makes the copies durable.
+    static func finishCopies(_ context: SnapshotContext, provider: String) async throws {
+        try await BlockingPool.disk.run {
+            defer { forgetPlan(context) }
+            let (items, _) = try cachedPlan(context.disks, context)
+            try repoint(items)
+            try sync(items.map(\.target), provider: provider)
+        }
+    }
 }
