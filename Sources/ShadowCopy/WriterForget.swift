@@ -33,7 +33,7 @@ public struct WriterForgetResult: Codable, Sendable {
 public enum WriterForgetOperation {
     public static func run(_ store: WriterStateStore, _ options: WriterForgetOptions) throws -> WriterForgetResult {
         guard !options.ids.isEmpty || options.stale else {
-            throw ShadowCopyError.invalidArgument("nothing to forget: give writer ids (bulwark writers list shows them) or --stale")
+            throw ShadowCopyError.invalidArgument("nothing to forget: give writer ids (the writer list shows them) or ask for the stale ones")
         }
         var result = WriterForgetResult(forgotten: [], reasons: [:])
         try store.update { map in
@@ -41,7 +41,7 @@ public enum WriterForgetOperation {
             for id in options.ids {
                 let matches = map.keys.filter { $0 == id.lowercased() || (id.count >= 4 && $0.hasPrefix(id.lowercased())) }
                 guard !matches.isEmpty else {
-                    throw ShadowCopyError.invalidArgument("no writer with id \(id) in \(store.path); bulwark writers list shows the ids")
+                    throw ShadowCopyError.invalidArgument("no writer with id \(id) in \(store.path); the writer list shows the ids")
                 }
                 guard matches.count == 1 || matches.contains(id.lowercased()) else {
                     throw ShadowCopyError.invalidArgument("the id \(id) matches \(matches.count) writers (\(matches.sorted().joined(separator: ", "))); give more of it")
@@ -55,7 +55,7 @@ public enum WriterForgetOperation {
                 guard let record = map[id] else { continue }
                 let midSnapshot = record.state == .waitingForFreeze || record.state == .waitingForThaw
                 if midSnapshot, !options.force, reason == "asked" {
-                    throw ShadowCopyError.invalidArgument("writer \(record.identity.name) (\(id)) is recorded \(record.state.rawValue) by snapshot \(record.snapshotID) and may still be frozen; the next snapshot with it thaws and resets it, so it is kept (use --force to forget it anyway)")
+                    throw ShadowCopyError.invalidArgument("writer \(record.identity.name) (\(id)) is recorded \(record.state.rawValue) by snapshot \(record.snapshotID) and may still be frozen; the next snapshot with it thaws and resets it, so it is kept (forgetting it anyway must be forced)")
                 }
             }
             for (id, reason) in chosen.sorted(by: { $0.key < $1.key }) {

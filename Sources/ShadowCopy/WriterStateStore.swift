@@ -107,7 +107,7 @@ public struct WriterStateStore: Sendable {
     /// A state file error that says what to do about a permission problem.
     static func failure(_ path: String, _ what: String, _ e: Errno) -> ShadowCopyError {
         let hint = e == .permissionDenied || e == .notPermitted || e == .readOnlyFileSystem
-            ? "; the writer states belong to the user who takes snapshots (root, usually): run as that user, or point --state-dir or BULWARK_STATE_DIR at a folder you may \(what.hasPrefix("cannot read") ? "read" : "write")"
+            ? "; the writer states belong to the user who takes snapshots (root, usually): run as that user, or use a state folder you may \(what.hasPrefix("cannot read") ? "read" : "write")"
             : ""
         return .stateFile(path: path, reason: "\(what): \(e) (errno \(e.rawValue))\(hint)")
     }

@@ -22,7 +22,7 @@ public struct ReflinkProvider: SnapshotProvider {
         try await BlockingPool.disk.run {
             let (items, _) = try ProviderFiles.cachedPlan(disks, context)
             for item in items where Paths.device(of: item.source) != Paths.device(of: dir) {
-                throw ShadowCopyError.reflinkUnsupported(source: item.source, destination: dir, reason: "a reflink copy must be on the same filesystem as the disk; choose an output folder on it or use --provider copy")
+                throw ShadowCopyError.reflinkUnsupported(source: item.source, destination: dir, reason: "a reflink copy must be on the same filesystem as the disk; choose an output folder on it or use the copy provider")
             }
             try Self.probe(in: dir, source: disks.first ?? dir)
             for item in items where !item.isLeaf { try Self.clone(item.source, to: item.target) }
@@ -48,7 +48,7 @@ public struct ReflinkProvider: SnapshotProvider {
     static func explain(_ e: Errno) -> String {
         switch e {
         case .notSupported, .notSupportedOnSocket, .invalidArgument, .inappropriateIOCTLForDevice:
-            return "the filesystem cannot share extents (FICLONE failed: \(e), errno \(e.rawValue)\(e == .notSupported ? " EOPNOTSUPP" : "")); reflink needs xfs with reflink=1 or btrfs (ext4 has none); use --provider copy"
+            return "the filesystem cannot share extents (FICLONE failed: \(e), errno \(e.rawValue)\(e == .notSupported ? " EOPNOTSUPP" : "")); reflink needs xfs with reflink=1 or btrfs (ext4 has none); use the copy provider"
         case .improperLink:
             return "the copy is on another filesystem (FICLONE: EXDEV)"
         default:

@@ -26,7 +26,7 @@ public struct OutputFolder: Codable, Sendable, Equatable {
             guard stat(path, &st) == 0 else { throw unusable(path, "cannot look at it after creating it", Errno(rawValue: errno)) }
         }
         guard st.st_mode & S_IFMT == S_IFDIR else {
-            throw ShadowCopyError.outputUnusable(path: path, reason: "it is not a folder; choose a folder for --output")
+            throw ShadowCopyError.outputUnusable(path: path, reason: "it is not a folder; choose a folder for the copies")
         }
         let probe = FilePath(path).appending(".bulwark-probe-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").string
         let fd = open(probe, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
@@ -77,10 +77,10 @@ public struct OutputFolder: Codable, Sendable, Equatable {
     private static func unusable(_ path: String, _ what: String, _ e: Errno) -> ShadowCopyError {
         let next: String
         switch e {
-        case .readOnlyFileSystem: next = "its filesystem is mounted read-only; choose another --output"
-        case .permissionDenied, .notPermitted: next = "run as a user who may write there, or choose another --output"
-        case .noSpace: next = "its filesystem is full; free space or choose another --output"
-        default: next = "choose another --output"
+        case .readOnlyFileSystem: next = "its filesystem is mounted read-only; choose another output folder"
+        case .permissionDenied, .notPermitted: next = "run as a user who may write there, or choose another output folder"
+        case .noSpace: next = "its filesystem is full; free space or choose another output folder"
+        default: next = "choose another output folder"
         }
         return .outputUnusable(path: path, reason: "\(what): \(e) (errno \(e.rawValue)); \(next)")
     }

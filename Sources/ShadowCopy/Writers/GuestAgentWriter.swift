@@ -78,7 +78,7 @@ public struct GuestAgentWriter: SnapshotWriter {
             let missing = seen.isEmpty ? mountpoints : mountpoints.filter { !seen.contains($0) }
             if mountpoints.isEmpty {
                 throw ShadowCopyError.notFrozen(writer: name, mountpoints: ["every filesystem of the guest"],
-                                                reason: "the agent froze none (it has no freezable filesystem); give mountpoints, or snapshot crash-consistent with --allow-crash-consistent")
+                                                reason: "the agent froze none (it has no freezable filesystem); give mountpoints, or allow a crash-consistent snapshot")
             }
             if !seen.isEmpty, !missing.isEmpty { throw Self.notSeen(name, missing, seen) }
             throw ShadowCopyError.notFrozen(writer: name, mountpoints: missing.isEmpty ? mountpoints : missing,

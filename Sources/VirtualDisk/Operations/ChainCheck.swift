@@ -74,7 +74,7 @@ public enum ChainCheck {
                 if parent.identity != link.expectedID {
                     let intents = PendingMergeChain.pendingIntents(near: [current, parentPath])
                     if !PendingMergeChain.allows(child: current, parent: parentPath, intents: intents) {
-                        report.chainProblems.append(CheckProblem(.error, "level \(current.string) expects parent id \(link.expectedID.uuidString.lowercased()) but \(parentPath.string) has \(parent.identityString) (the parent was replaced or modified; `bulwark disk reparent --ignore-id-mismatch` accepts it)", repairable: false))
+                        report.chainProblems.append(CheckProblem(.error, "level \(current.string) expects parent id \(link.expectedID.uuidString.lowercased()) but \(parentPath.string) has \(parent.identityString) (the parent was replaced or modified; reparenting the child with the identity check waived accepts it)", repairable: false))
                     }
                 }
                 if parent.virtualSize != level.virtualSize {

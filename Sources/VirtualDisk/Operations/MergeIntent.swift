@@ -103,6 +103,6 @@ public struct MergeIntent: Codable, Sendable, Equatable {
         } else {
             s += "the data is merged; still to remove: \(present.isEmpty ? "only the record" : present.joined(separator: ", "))"
         }
-        return s + "; run `bulwark disk merge \(child)` to finish it"
+        return s + "; merge \(child) again to finish it"
     }
 }

@@ -45,7 +45,7 @@ public enum MergeOperation {
         let child = FileOps.absolute(child)
         if let intent = try MergeIntent.load(for: child) {
             if let into = options.into, OperationIO.key(into) != OperationIO.key(FilePath(intent.ancestor)) {
-                throw DiskError.invalidArgument("\(child.string): a merge into \(intent.ancestor) is pending (\(MergeIntent.recordPath(for: child).string)); finish it first by running merge without --into")
+                throw DiskError.invalidArgument("\(child.string): a merge into \(intent.ancestor) is pending (\(MergeIntent.recordPath(for: child).string)); finish it first by merging \(child.string) again without naming an ancestor")
             }
             return try execute(intent, options: options, resumed: true, progress: progress)
         }

@@ -31,6 +31,7 @@ struct DiskCheck: ParsableCommand {
         } else {
             for r in repairs { print("repaired: \(r)") }
             for p in report.allProblems { print(p) }
+            for m in report.pendingMerges { print("hint: `bulwark disk merge \(m.child)` finishes the pending merge") }
             print("\(path): \(report.isClean ? "clean" : "problems found") (\(report.levels.count) level\(report.levels.count == 1 ? "" : "s") checked)")
         }
         if !report.isClean { throw ExitCode(ExitStatus.failed) }
