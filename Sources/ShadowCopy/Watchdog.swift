@@ -255,6 +255,6 @@ public enum Watchdog {
 
     private static func note(_ line: String) {
         let stamp = Timestamp.iso8601()
-        FileHandle.standardError.write(Data("\(stamp) watchdog[\(getpid())]: \(line)\n".utf8))
+        _ = try? FileDescriptor.standardError.writeAll(Array("\(stamp) watchdog[\(getpid())]: \(line)\n".utf8))
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import SystemPackage
 import VirtualDisk
 import Storage
 
@@ -9,13 +10,27 @@ enum Output {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         let data = try encoder.encode(value)
-        FileHandle.standardOutput.write(data)
-        FileHandle.standardOutput.write(Data("\n".utf8))
+        try Self.out(Array(data) + [10])
     }
 
     /// Prints a line on standard error.
     static func note(_ line: String) {
-        FileHandle.standardError.write(Data((line + "\n").utf8))
+        err(line + "\n")
+    }
+
+    /// Writes to standard output; a failure (a closed pipe, a full disk behind a redirection) is an
+    /// error the command reports.
+    static func out(_ bytes: [UInt8]) throws {
+        do { _ = try FileDescriptor.standardOutput.writeAll(bytes) } catch let e as Errno {
+            throw StorageError.io(path: "standard output", operation: "write", errno: e)
+        }
+    }
+
+    /// Writes to standard error. Diagnostics and progress that cannot be written (standard error
+    /// redirected to a full disk, a closed pipe) are dropped: they are never a reason to stop an
+    /// operation half way (Foundation's FileHandle would trap here).
+    static func err(_ text: String) {
+        _ = try? FileDescriptor.standardError.writeAll(Array(text.utf8))
     }
 
     /// Whether standard error is a terminal (progress bars go there).
@@ -67,7 +82,7 @@ final class ProgressBar: @unchecked Sendable {
             let filled = total == 0 ? width : Int(Double(width) * Double(done) / Double(total))
             let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: max(0, width - filled))
             let line = "\r\(label) [\(bar)] \(percent)% \(ByteCount.format(done))/\(ByteCount.format(total)) \(ByteCount.format(UInt64(rate)))/s ETA \(Self.duration(eta))\u{1B}[K"
-            FileHandle.standardError.write(Data(line.utf8))
+            Output.err(line)
         } else {
             guard now.timeIntervalSince(lastPrint) >= 5 || (done == total && percent != lastPercent) else { return }
             lastPrint = now
@@ -80,7 +95,7 @@ final class ProgressBar: @unchecked Sendable {
     func finish() {
         guard !finished else { return }
         finished = true
-        if interactive { FileHandle.standardError.write(Data("\n".utf8)) }
+        if interactive { Output.err("\n") }
     }
 
     static func duration(_ seconds: Double) -> String {

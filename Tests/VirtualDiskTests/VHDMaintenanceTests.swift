@@ -57,6 +57,31 @@ import Storage
         #expect(throws: DiskError.self) { try again.resize(to: UInt64(newSize - 512)) }
     }
 
+    /// A fixed VHD resize that failed after its first step (the old footer copied to the new end) and is
+    /// run again, to the same or another size: the new space reads as zeros, not as the old footer.
+    @Test(arguments: [12 << 20, 16 << 20, 10 << 20])
+    func aFixedResizeRerunAfterAFailedFirstStepReadsZeros(rerunSize: Int) throws {
+        let dir = try TempDir()
+        let path = dir.file("fixed.vhd")
+        let image = try Self.create(path, .fixed, size: 8 << 20)
+        try image.write([UInt8](repeating: 0xAB, count: 1 << 20), at: 7 << 20)
+        try image.close()
+        // The state a resize to 12 MiB leaves when its second step fails (ENOSPC, EIO, a kill).
+        let file = try BlockFile.open(FilePath(path), writable: true)
+        let footer = try file.read(count: 512, at: 8 << 20)
+        try file.write(footer, at: 12 << 20)
+        try file.close()
+        #expect(try DiskImages.openLevel(FilePath(path)).virtualSize == 8 << 20, "the interrupted image still reads as 8 MiB")
+        _ = try ResizeOperation.resize(path: FilePath(path), to: UInt64(rerunSize))
+        let resized = try DiskImages.openLevel(FilePath(path))
+        defer { try? resized.close() }
+        #expect(resized.virtualSize == UInt64(rerunSize))
+        #expect(try resized.read(count: 1 << 20, at: 7 << 20) == [UInt8](repeating: 0xAB, count: 1 << 20))
+        let grown = try resized.read(count: rerunSize - (8 << 20), at: 8 << 20)
+        #expect(grown.allSatisfy { $0 == 0 }, "the new space reads as zeros (first non-zero at \(grown.firstIndex { $0 != 0 }.map { $0 + (8 << 20) } ?? -1))")
+        #expect(try ChainCheck.check(path: FilePath(path)).isClean)
+    }
+
     @Test func setParentRepointsTheChild() throws {
         let dir = try TempDir()
         let sub = dir.file("moved")

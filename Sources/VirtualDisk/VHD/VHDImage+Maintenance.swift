@@ -72,13 +72,21 @@ extension VHDImage {
     }
 
     private func resizeFixed(to newSize: UInt64, footer newFooter: VHDFooter) throws {
-        let oldSize = footerOffset
-        // 1. A copy of the old footer at the new end: the image still reads as the old size.
+        // The new space starts at the old virtual end. The end footer normally sits there too, but a
+        // resize that failed or was killed after its first step left it further on (at the size it
+        // aimed for), with the older footer's bytes still at the old end: all of that must read as zeros.
+        let oldSize = virtualSize
+        let oldFooter = footerOffset
+        // 1. A copy of the old footer at the new end (the file cut there if an earlier attempt made it
+        //    longer): the image still reads as the old size.
         try store.write(footer.bytes, at: newSize)
+        if try store.size() > newSize + 512 { try store.truncate(to: newSize + 512) }
         try store.preallocate(at: oldSize, length: newSize + 512 - oldSize)
         try store.flush()
-        // 2. Zeros where the old footer was (new space reads as zeros).
-        try store.writeZeros(count: 512, at: oldSize)
+        // 2. Zeros where footers were (new space reads as zeros).
+        for spot in Set([oldSize, oldFooter]) where spot < newSize {
+            try store.writeZeros(count: min(512, newSize - spot), at: spot)
+        }
         try store.flush()
         footerOffset = newSize
         // 3. The footer with the new size.

@@ -65,7 +65,7 @@ struct SnapshotCreate: AsyncParsableCommand {
             policy: SnapshotPolicy(holdTimeout: timeout.value, fallBackToCrashConsistent: allowCrashConsistent),
             pauseWhileFrozen: pauseWhileFrozen)
         var echo: (@Sendable (String) -> Void)?
-        if !printing.json { echo = { @Sendable line in FileHandle.standardError.write(Data((line + "\n").utf8)) } }
+        if !printing.json { echo = { @Sendable line in Output.err(line + "\n") } }
         let coordinator = SnapshotCoordinator(stateDirectory: WriterStateStore.resolveDirectory(stateDir), echo: echo)
         do {
             let result = try await SignalCancellation.run { try await coordinator.snapshot(request) }

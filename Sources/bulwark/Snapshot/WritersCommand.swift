@@ -28,7 +28,7 @@ struct WritersList: ParsableCommand {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             encoder.dateEncodingStrategy = .iso8601
-            FileHandle.standardOutput.write(try encoder.encode(records) + Data("\n".utf8))
+            try Output.out(Array(try encoder.encode(records)) + [10])
             return
         }
         if records.isEmpty { print("no writers recorded in \(store.path)"); return }
