@@ -157,6 +157,7 @@ extension VHDXImage {
             return true
         }
         var dirty = Set<Int>()
+        var dirtyBitmap = Set<UInt64>()
         var freed: [UInt64] = []
         for block in 0..<geometry.payloadBlocks {
             progress?.report(block * bs, of: virtualSize)
@@ -172,6 +173,12 @@ extension VHDXImage {
             bat[i] = 0
             dirty.insert(i)
             freed.append(e.fileOffset)
+            // A differencing block's sector bits go too: a released block reads from the parent, and a
+            // reader that looks at the bitmap first (libvhdi does) must not find sectors "present".
+            if meta.hasParent {
+                try clearBits(block: block, dirtyBitmap: &dirtyBitmap)
+                session.pendingBitmap.formUnion(dirtyBitmap)  // pending bitmaps stay cached until logged
+            }
         }
         progress?.report(virtualSize, of: virtualSize)
         guard !dirty.isEmpty else { return try reclaimOrphanedTail() }
@@ -186,7 +193,8 @@ extension VHDXImage {
         end = VHDXSize.roundUp(end, VHDXSize.mib)
         try beginSession(dataWrite: false)
         fileEnd = end
-        try logAndApply(batSectors(dirty), flushedFileOffset: end)
+        session.pendingBAT.formUnion(dirty)
+        try logAndApply(try pendingChanges(), flushedFileOffset: end)
         try syncIfNeeded()
         for offset in freed where offset < end { _ = try store.punchHole(at: offset, length: bs) }
         if diskFileSize > end {

@@ -164,6 +164,20 @@ extension VHDXImage {
         bitmaps[chunk] = bits
     }
 
+    /// Clears the sector bits of `block` in its chunk's bitmap, where the bitmap is stored.
+    func clearBits(block: UInt64, dirtyBitmap: inout Set<UInt64>) throws {
+        let chunk = block / geometry.chunkRatio
+        guard VHDXBATEntry(raw: bat[geometry.bitmapIndex(chunk: chunk)]).state == VHDXBitmapState.present else { return }
+        var bits = try bitmap(chunk: chunk)
+        let lo = Int((block % geometry.chunkRatio) * geometry.sectorsPerBlock) / 8
+        let hi = lo + Int(geometry.sectorsPerBlock / 8)
+        for i in lo..<hi where bits[i] != 0 {
+            bits[i] = 0
+            dirtyBitmap.insert(chunk << 8 | UInt64(i / 4096))
+        }
+        bitmaps[chunk] = bits
+    }
+
     /// The 4 KiB BAT sectors holding the given entries, as they are in memory.
     func batSectors(_ indexes: Set<Int>) -> [(UInt64, [UInt8])] {
         Set(indexes.map { $0 / 512 }).sorted().map { s in
