@@ -6,7 +6,7 @@ import Storage
 ///
 /// Parents are found through the child's locators (relative first, then absolute), and each must
 /// carry the identity the child recorded. Only the leaf is ever opened writable.
-public struct DiskChain {
+public struct DiskChain: Closable {
     /// Every level, leaf first, base last.
     public let levels: [any DiskImage]
     /// The image reads and writes go to.

@@ -81,7 +81,7 @@ public struct ParentLink: Equatable, Sendable {
 ///
 /// Reads go through the chain (a differencing image falls back to its `parent`); writes go to this
 /// level only. Implementations do blocking I/O (see `BlockFile`).
-public protocol DiskImage: PositionedIO {
+public protocol DiskImage: PositionedIO, Closable {
     /// The store this level lives in (a local file, a block device, a file on a share, ...).
     var store: any ByteStore { get }
     var format: DiskFormat { get }
@@ -126,6 +126,26 @@ public protocol DiskImage: PositionedIO {
     /// What is wrong with the file but tolerated by this open (e.g. a VHD footer checksum both copies
     /// get wrong, opened read-only), for `bulwark disk info`; `check` reports the same as problems.
     var warnings: [String] { get }
+}
+
+/// Something that must be closed, and whose close can fail: a writable image's close is its last
+/// flush (and a VHDX's final header update), so a failed close is a failed operation.
+public protocol Closable {
+    func close() throws
+}
+
+extension Closable {
+    /// Runs `body`, then closes: a failure of the close is thrown when `body` succeeded (never
+    /// swallowed, as `defer { try? close() }` would), and the close is still attempted when it failed.
+    public func use<T>(_ body: (Self) throws -> T) throws -> T {
+        let result: T
+        do { result = try body(self) } catch {
+            try? close()
+            throw error
+        }
+        try close()
+        return result
+    }
 }
 
 /// A run of virtual bytes stored contiguously at `fileOffset` in an image's store.

@@ -42,11 +42,12 @@ public enum CompactOperation {
         var repointed: [String] = []
         if newID != oldID {
             for c in found {
-                let level = try DiskImages.openLevel(c, writable: true)
-                defer { try? level.close() }
-                guard let m = level as? any MaintainableImage else { continue }
-                try m.setParent(ParentLink(expectedID: newID, locators: ParentLocator.locators(child: c, parent: path)))
-                repointed.append(c.string)
+                let done = try DiskImages.openLevel(c, writable: true).use { level -> Bool in
+                    guard let m = level as? any MaintainableImage else { return false }
+                    try m.setParent(ParentLink(expectedID: newID, locators: ParentLocator.locators(child: c, parent: path)))
+                    return true
+                }
+                if done { repointed.append(c.string) }
             }
         }
         return CompactResult(path: FileOps.absolute(path).string, format: image.format, bytesReclaimed: reclaimed,
