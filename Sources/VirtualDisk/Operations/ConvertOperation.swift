@@ -106,6 +106,8 @@ public enum ConvertOperation {
                 try? target.close()
                 throw error
             }
+            // A cancellation that came during the flush still leaves no destination.
+            try progress?.checkCancelled()
             try FileOps.rename(temp, to: destination)
             let store = try BlockFile.open(destination, writable: false)
             defer { try? store.close() }
@@ -114,8 +116,18 @@ public enum ConvertOperation {
                                  fileSize: try store.size(), allocatedBytes: try store.allocatedBytes())
         } catch {
             try? FileOps.remove(temp)
-            throw error
+            throw naming(error, destination: destination, temp: temp)
         }
+    }
+
+    /// A failure while writing the temporary file, told about the destination the user named (the
+    /// temporary name means nothing to them, and it is gone).
+    static func naming(_ error: any Error, destination: FilePath, temp: FilePath) -> any Error {
+        var text = String(describing: error)
+        guard !(error is OperationCancelled), text.contains(temp.string) else { return error }
+        if text.hasPrefix(temp.string + ": ") { text.removeFirst(temp.string.count + 2) }
+        text = text.replacingOccurrences(of: temp.string, with: "the temporary file")
+        return DiskError.notCreated(path: destination.string, reason: text)
     }
 
     /// Copies the mapped runs: into a fixed target shared by reflink where the filesystem allows it;
@@ -147,6 +159,7 @@ public enum ConvertOperation {
            pieces.allSatisfy({ chain.levels[$0.level].format == .raw }) {
             // Raw to a preallocated raw file: copy inside the kernel (reflinked where possible).
             for piece in pieces {
+                try progress?.checkCancelled()
                 try raw.store.copyRange(from: chain.levels[piece.level].store, sourceOffset: piece.range.lowerBound,
                                   to: piece.range.lowerBound, length: UInt64(piece.range.count), buffer: buffer)
                 written += UInt64(piece.range.count)
@@ -169,6 +182,7 @@ public enum ConvertOperation {
         }
         var unsynced: UInt64 = 0
         try pipeline.run { piece, data in
+            try progress?.checkCancelled()
             let slice = UnsafeRawBufferPointer(rebasing: data[..<piece.range.count])
             // Granules are aligned to the virtual granule grid: a piece starts on a chunk boundary
             // or at the start of a run, which need not be granule-aligned.

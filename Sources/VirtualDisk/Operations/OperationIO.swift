@@ -136,7 +136,7 @@ enum OperationIO {
 
     /// Whether process `pid` is still running.
     static func isRunning(_ pid: Int32) -> Bool {
-        kill(pid, 0) == 0 || errno == EPERM
+        pid > 0 && (kill(pid, 0) == 0 || errno == EPERM)
     }
 }
 

@@ -19,8 +19,10 @@ struct DiskMerge: ParsableCommand {
     func run() throws {
         let bar = ProgressBar("merge")
         defer { bar.finish() }
-        let result = try MergeOperation.merge(child: FilePath(child), options: MergeOptions(
-            into: into.map { FilePath($0) }, children: children.map { FilePath($0) }, force: force), progress: bar.handler)
+        let result = try Hints.adding {
+            try MergeOperation.merge(child: FilePath(child), options: MergeOptions(
+                into: into.map { FilePath($0) }, children: children.map { FilePath($0) }, force: force), progress: bar.handler)
+        }
         bar.finish()
         if json { try Output.json(result); return }
         print("merged \(result.child) into \(result.ancestor)\(result.resumed ? " (finished an interrupted merge)" : ""): \(ByteCount.format(result.bytesCopied)) copied\(result.bytesCloned > 0 ? " (\(ByteCount.format(result.bytesCloned)) of it shared by reflink)" : "")")

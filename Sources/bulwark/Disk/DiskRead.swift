@@ -14,8 +14,19 @@ struct DiskRead: ParsableCommand {
     @Option(name: .shortAndLong, help: "Write to this file instead of standard output.") var output: String?
 
     func run() throws {
+        try Hints.adding(read)
+    }
+
+    /// Reads through a running or pending merge (`DiskChain.open`), and checks afterwards that no merge
+    /// started meanwhile on what was read alone (an ancestor), so mixed bytes never pass silently.
+    func read() throws {
         let chain = try DiskChain.open(FilePath(path))
         defer { try? chain.close() }
+        try copy(chain)
+        try PendingMergeChain.verify(chain)
+    }
+
+    func copy(_ chain: DiskChain) throws {
         let image = chain.leaf
         let start = offset?.bytes ?? 0
         guard start <= image.virtualSize else {
