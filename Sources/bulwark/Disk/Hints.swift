@@ -17,7 +17,7 @@ enum Hints {
         switch error {
         case let .mergePending(_, child, _, _, runningPID):
             return runningPID != nil
-                ? "wait for it, or run `bulwark disk merge \(child)` to finish it if it was interrupted"
+                ? "or, if it was interrupted, run `bulwark disk merge \(child)` to finish it"
                 : "run `bulwark disk merge \(child)` to finish it"
         case let .parentNotFound(child, _, _):
             return "if the parent was moved or renamed, run `bulwark disk reparent \(child) --parent PATH` to point it there"
