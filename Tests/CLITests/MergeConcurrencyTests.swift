@@ -17,7 +17,8 @@ import Storage
         let (base, leaf, merged, _) = try MergeRace.chain(format, in: dir, seed: 501)
         let input = dir.file("x")
         try Data(repeating: 0x5A, count: 4096).write(to: URL(fileURLWithPath: input))
-        let merge = try MergeRace.Background(["disk", "merge", leaf.string, "--into", base.string], slowIO: Self.slowIO)
+        // Each refused writer waits 1 s for the lock first: the merge must outlast both.
+        let merge = try MergeRace.Background(["disk", "merge", leaf.string, "--into", base.string], slowIO: 100_000)
         #expect(MergeRace.waitFor { FileOps.exists(MergeIntent.recordPath(for: leaf)) }, "the merge starts")
         for (target, extra) in [(leaf, [String]()), (base, ["--force"])] {
             let r = try run(TestEnv.bulwark, ["disk", "write", target.string, "--offset", "1M", "--input", input] + extra)
