@@ -93,8 +93,15 @@ import Storage
         var rng = SeededRandom(seed: format == .vhd ? 509 : 511)
         let probe = try TempDir("merge-kill-probe")
         let p = try MergeRace.chain(format, in: probe, seed: 513)
+        // libvhdi (20240509) misreads some sectors of untouched VHDX differencing chains (stale buffer
+        // bytes); the sectors it reads right before any merge must stay right after every kill.
+        let trusted: [Range<Int>]? = try MergeRace.pyvhdiRead([p.base, p.leaf]).map { result in
+            guard case .success(let bytes) = result else { return [] }
+            return stride(from: 0, to: p.merged.count, by: 512).map { $0..<$0 + 512 }
+                .filter { bytes[$0] == p.merged[$0] }
+        }
         let span = try OpsCLI.duration(["disk", "merge", p.leaf.string], slowIO: 10_000)
-        var kills = 0
+        var kills = 0, unlinked = 0
         for round in 0..<8 {
             let dir = try TempDir("merge-kill")
             let (base, leaf, merged, base0) = try MergeRace.chain(format, in: dir, seed: 513)
@@ -106,6 +113,19 @@ import Storage
                 let l = try MergeRace.cliRead(leaf, in: dir)
                 #expect(l.status == 0, "the leaf reads after a kill (\(format), round \(round), \(delay)µs): \(l.err)")
                 #expect(OpsCLI.same(l.bytes, merged), "the merged view (\(format), round \(round))")
+                // Other tools, which know nothing of merge records, read the chain too.
+                switch try MergeRace.pyvhdiRead([base, leaf]) {
+                case .success(let bytes):
+                    let wrong = (trusted ?? []).first { bytes.count != merged.count || bytes[$0] != merged[$0] }
+                    #expect(wrong == nil, "libvhdi reads the merged view (\(format), round \(round)): sector at \(wrong?.lowerBound ?? 0) differs")
+                case .failure(let error):
+                    // Only a kill in the moment between the ancestor's new identity and the link to it
+                    // (one log entry) may leave the link to the merge record.
+                    let linked = try identityLink(leaf: leaf, base: base)
+                    #expect(!linked, "libvhdi cannot read a linked chain after a kill (\(format), round \(round)): \(error)")
+                    unlinked += 1
+                case nil: break
+                }
             }
             let b = try MergeRace.cliRead(base, in: dir)
             if record && FileOps.exists(leaf) {
@@ -121,6 +141,14 @@ import Storage
             #expect(check.status == 0, "\(check.out)")
         }
         #expect(kills >= 3, "most kills land during the merge (\(kills) of 8)")
+        #expect(unlinked <= 2, "kills rarely land between the ancestor's new identity and the link (\(unlinked) of 8)")
+    }
+
+    /// Whether the leaf's parent link names the base's current identity.
+    func identityLink(leaf: FilePath, base: FilePath) throws -> Bool {
+        let l = try DiskImages.openLevel(leaf), b = try DiskImages.openLevel(base)
+        defer { try? l.close(); try? b.close() }
+        return l.parentLink?.expectedID == b.identity
     }
 
     /// A pending merge (its process gone): the leaf reads through it, the ancestor and writers are
@@ -148,7 +176,10 @@ import Storage
         #expect(b.status == 1)
         #expect(b.err.contains("a merge is pending") && b.err.contains("run `bulwark disk merge \(leaf.string)` to finish it"), "\(b.err)")
         #expect(!b.err.contains("replaced"), "\(b.err)")
-        let w = try run(TestEnv.bulwark, ["disk", "write", leaf.string, "--offset", "0"], input: Data(count: 512))
+        // From a file, not a pipe: a refused writer never reads its input (a pipe would raise SIGPIPE here).
+        let input = dir.file("x")
+        try Data(count: 512).write(to: URL(fileURLWithPath: input))
+        let w = try run(TestEnv.bulwark, ["disk", "write", leaf.string, "--offset", "0", "--input", input])
         #expect(w.status == 1 && w.err.contains("a merge is pending"), "\(w.err)")
         try runChecked(TestEnv.bulwark, ["disk", "merge", leaf.string])
         #expect(OpsCLI.same(try OpsCLI.readAll(base), merged))

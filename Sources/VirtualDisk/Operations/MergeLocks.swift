@@ -13,15 +13,16 @@ import Storage
 final class MergeLocks {
     /// The ancestor, open for writing (with its parents, read-only).
     let ancestor: DiskChain
-    private var levels: [BlockFile]
+    /// The merged levels that exist, open for writing (the merge reads them through these).
+    private(set) var levels: [any DiskImage]
     private var released = false
 
     /// Locks `levels` (those that still exist: a resumed merge may have deleted some) and opens
     /// `ancestor` for writing; fails with `StorageError.busy` (naming the holder) if a writer has one.
     init(levels paths: [FilePath], ancestor path: FilePath) throws {
-        var levels: [BlockFile] = []
+        var levels: [any DiskImage] = []
         do {
-            for p in paths where FileOps.exists(p) { levels.append(try BlockFile.open(p, writable: true)) }
+            for p in paths where FileOps.exists(p) { levels.append(try DiskImages.openLevel(p, writable: true)) }
             ancestor = try DiskChain.open(path, writable: true, pendingMerges: .ignored)
         } catch {
             for l in levels { try? l.close() }

@@ -160,7 +160,7 @@ public enum MergeOperation {
         let ancestorPath = FilePath(intent.ancestor)
         var copied: (bytes: UInt64, cloned: UInt64) = (0, 0)
         if FileOps.exists(child) {
-            copied = try copy(intent, into: locks.ancestor.leaf, progress: progress)
+            copied = try copy(intent, levels: locks.levels, into: locks.ancestor.leaf, progress: progress)
             // The ancestor's identity once written (a VHDX gets a new DataWriteGuid).
             let newID = locks.ancestor.leaf.identity
             let merged = Set(intent.levels.map { OperationIO.key(FilePath($0)) })
@@ -205,14 +205,34 @@ public enum MergeOperation {
                            bytesCloned: 0, resumed: false)
     }
 
+    /// Links the top merged level to the ancestor's identity as it will be once written, before any
+    /// data moves. A VHDX ancestor takes a new DataWriteGuid with its first change, which would break
+    /// the link for every reader that does not know merge records (other tools such as libvhdi) while
+    /// the merge runs and after a kill; reading through the level gives the same bytes whatever the
+    /// ancestor holds of the merged data, so the new link is true from the start. A VHD's identity
+    /// does not change with writes: nothing to do.
+    /// The level's own header update comes first, so that between the ancestor's new identity and
+    /// the link to it only one log entry is written (a kill there leaves the link to the record).
+    static func relink(_ level: any DiskImage, to ancestor: any DiskImage) throws {
+        guard let vhdx = ancestor as? VHDXImage, let top = level as? VHDXImage, let link = top.parentLink else { return }
+        try top.beginSession(dataWrite: false)
+        try vhdx.beginSession(dataWrite: true)
+        guard link.expectedID != vhdx.identity else { return }
+        try top.setParent(ParentLink(expectedID: vhdx.identity, locators: link.locators))
+        try top.flush()
+    }
+
     /// Copies everything the child levels hold into the ancestor, newest level winning, then flushes.
-    static func copy(_ intent: MergeIntent, into ancestor: any DiskImage, progress: ProgressReporter?) throws -> (bytes: UInt64, cloned: UInt64) {
-        // The merged levels, checked against the record (they are never written during a merge).
-        var levels: [any DiskImage] = []
-        defer { for l in levels { try? l.close() } }
-        for (i, path) in intent.levels.enumerated() {
-            let level = try DiskImages.openLevel(FilePath(path))
-            levels.append(level)
+    static func copy(_ intent: MergeIntent, levels: [any DiskImage], into ancestor: any DiskImage, progress: ProgressReporter?) throws -> (bytes: UInt64, cloned: UInt64) {
+        // The merged levels, checked against the record (their data is never written during a merge).
+        guard levels.count == intent.levels.count else {
+            throw DiskError.corrupt(path: intent.child, reason: "some levels the pending merge record names are missing (\(intent.levels.joined(separator: ", "))); the record is inconsistent with the files")
+        }
+        for (i, level) in levels.enumerated() {
+            let path = intent.levels[i]
+            guard OperationIO.key(level.path) == OperationIO.key(FilePath(path)) else {
+                throw DiskError.corrupt(path: path, reason: "is not the level the pending merge record names at this place")
+            }
             guard level.identityString == intent.levelIdentities[i] else {
                 throw DiskError.corrupt(path: path, reason: "its identity changed from \(intent.levelIdentities[i]) to \(level.identityString) during a pending merge (\(MergeIntent.recordPath(for: FilePath(intent.child)).string)); refusing to continue")
             }
@@ -228,6 +248,7 @@ public enum MergeOperation {
         if levels.contains(where: { $0.virtualSize != ancestor.virtualSize }) {
             throw DiskError.unsupported(path: intent.child, reason: "its virtual size differs from the ancestor \(intent.ancestor)'s; resize one of them first")
         }
+        try relink(levels[levels.count - 1], to: ancestor)
         let map = try DiskChain(levels: levels).map(0..<ancestor.virtualSize).filter { $0.level != nil }
         let total = map.reduce(UInt64(0)) { $0 + UInt64($1.range.count) }
         // What to write: every run a merged level holds (newest level wins, as the map says), except
