@@ -160,9 +160,10 @@ public enum MergeOperation {
         let ancestorPath = FilePath(intent.ancestor)
         var copied: (bytes: UInt64, cloned: UInt64) = (0, 0)
         if FileOps.exists(child) {
-            copied = try copy(intent, levels: locks.levels, into: locks.ancestor.leaf, progress: progress)
+            copied = try copy(intent, locks: locks, progress: progress)
             // The ancestor's identity once written (a VHDX gets a new DataWriteGuid).
             let newID = locks.ancestor.leaf.identity
+            try locks.closeAncestor()
             let merged = Set(intent.levels.map { OperationIO.key(FilePath($0)) })
             // The record's list, and any child made since the merge was planned.
             var repoint = intent.childrenToRepoint.map { FilePath($0) }.filter(FileOps.exists)
@@ -213,17 +214,21 @@ public enum MergeOperation {
     /// does not change with writes: nothing to do.
     /// The level's own header update comes first, so that between the ancestor's new identity and
     /// the link to it only one log entry is written (a kill there leaves the link to the record).
-    static func relink(_ level: any DiskImage, to ancestor: any DiskImage) throws {
-        guard let vhdx = ancestor as? VHDXImage, let top = level as? VHDXImage, let link = top.parentLink else { return }
+    /// Returns whether the level was changed.
+    static func relink(_ level: any DiskImage, to ancestor: any DiskImage) throws -> Bool {
+        guard let vhdx = ancestor as? VHDXImage, let top = level as? VHDXImage, let link = top.parentLink else { return false }
         try top.beginSession(dataWrite: false)
         try vhdx.beginSession(dataWrite: true)
-        guard link.expectedID != vhdx.identity else { return }
+        guard link.expectedID != vhdx.identity else { return false }
         try top.setParent(ParentLink(expectedID: vhdx.identity, locators: link.locators))
         try top.flush()
+        return true
     }
 
     /// Copies everything the child levels hold into the ancestor, newest level winning, then flushes.
-    static func copy(_ intent: MergeIntent, levels: [any DiskImage], into ancestor: any DiskImage, progress: ProgressReporter?) throws -> (bytes: UInt64, cloned: UInt64) {
+    static func copy(_ intent: MergeIntent, locks: MergeLocks, progress: ProgressReporter?) throws -> (bytes: UInt64, cloned: UInt64) {
+        var levels = locks.levels
+        let ancestor = locks.ancestor.leaf
         // The merged levels, checked against the record (their data is never written during a merge).
         guard levels.count == intent.levels.count else {
             throw DiskError.corrupt(path: intent.child, reason: "some levels the pending merge record names are missing (\(intent.levels.joined(separator: ", "))); the record is inconsistent with the files")
@@ -248,7 +253,12 @@ public enum MergeOperation {
         if levels.contains(where: { $0.virtualSize != ancestor.virtualSize }) {
             throw DiskError.unsupported(path: intent.child, reason: "its virtual size differs from the ancestor \(intent.ancestor)'s; resize one of them first")
         }
-        try relink(levels[levels.count - 1], to: ancestor)
+        if try relink(levels[levels.count - 1], to: ancestor) {
+            // Closed and opened again, so that the level's log is clean (tools that cannot replay a
+            // VHDX log then see the new link too).
+            try locks.reopenTopLevel()
+            levels = locks.levels
+        }
         let map = try DiskChain(levels: levels).map(0..<ancestor.virtualSize).filter { $0.level != nil }
         let total = map.reduce(UInt64(0)) { $0 + UInt64($1.range.count) }
         // What to write: every run a merged level holds (newest level wins, as the map says), except
