@@ -20,10 +20,24 @@ public struct DiskChain: Closable {
     /// their locators, so a chain on a share is read straight off the share). `acceptsMismatch(child,
     /// parent)`, when given, may excuse a parent whose identity differs from the child's record (a
     /// merge in progress; see `PendingMergeChain`); everything else is checked as always. `format`
-    /// applies to the leaf only (nil detects it); parents are always detected.
+    /// applies to the leaf only (nil detects it); parents are always detected. `pendingMerges` says how
+    /// merge records beside the levels are honoured: by default a chain being merged reads through the
+    /// merge, and what would see it mid-change is refused (local files only).
     public static func open(_ path: FilePath, writable: Bool = false, format: DiskFormat? = nil, in space: any StoreSpace = LocalFileSystem(),
-                            acceptsMismatch: ((FilePath, FilePath) -> Bool)? = nil) throws -> DiskChain {
-        let leaf = try DiskImages.openLevel(path, writable: writable, format: format, in: space)
+                            acceptsMismatch: ((FilePath, FilePath) -> Bool)? = nil,
+                            pendingMerges: PendingMergePolicy = .guarded) throws -> DiskChain {
+        let guarded = pendingMerges == .guarded && space is LocalFileSystem
+        // The link from a merging child to its changed ancestor is accepted in any space (records are
+        // read through it); refusals of what would see a merge mid-change need local locks and PIDs.
+        let mergeLink: ((FilePath, FilePath) -> Bool)? = pendingMerges == .guarded
+            ? { PendingMergeChain.acceptsMergeLink(child: $0, parent: $1, in: space) } : nil
+        let accepts = acceptsMismatch ?? mergeLink
+        let leaf: any DiskImage
+        do {
+            leaf = try DiskImages.openLevel(path, writable: writable, format: format, in: space)
+        } catch let error as StorageError where guarded {
+            throw PendingMergeChain.explain(error, opening: path)
+        }
         var levels: [any DiskImage] = [leaf]
         var seen: [String] = [space.canonical(path).string]
         do {
@@ -46,13 +60,14 @@ public struct DiskChain: Closable {
                 guard parent.format == child.format else {
                     throw DiskError.unsupported(path: child.path.string, reason: "its parent \(parentPath.string) is \(parent.format.rawValue.uppercased()) but the child is \(child.format.rawValue.uppercased()); a chain must use one format (convert the parent first)")
                 }
-                guard parent.identity == link.expectedID || acceptsMismatch?(child.path, parentPath) == true else {
+                guard parent.identity == link.expectedID || accepts?(child.path, parentPath) == true else {
                     throw DiskError.parentMismatch(child: child.path.string, parent: parentPath.string,
                                                    expectedID: link.expectedID.uuidString.lowercased(),
                                                    foundID: parent.identityString)
                 }
                 try child.attachParent(parent)
             }
+            if guarded { try PendingMergeChain.guardChain(levels.map(\.path), writable: writable) }
         } catch {
             for level in levels { try? level.close() }
             throw error

@@ -27,6 +27,13 @@ public enum DiskError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The file's name says `expected` (.vhd, .vhdx, ...) but its content has no signature of that
     /// format (a truncated or foreign file); opening it as raw, explicitly, overrides.
     case notRecognized(path: String, expected: DiskFormat, reason: String)
+    /// `path` takes part in a merge of `child` into `ancestor` (as a merged level or the ancestor) that
+    /// is running (`runningPID`, the merging process) or was interrupted (nil): its content is
+    /// mid-change, so it is neither written nor read on its own until the merge is finished. `record`
+    /// is the merge record (`CHILD.merge.json`) that says so.
+    case mergePending(path: String, child: String, ancestor: String, record: String, runningPID: Int32?)
+    /// `path` was not created because of `reason` (which names the cause); nothing was left behind.
+    case notCreated(path: String, reason: String)
 
     public var description: String {
         switch self {
@@ -50,7 +57,15 @@ public enum DiskError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .notRecognized(path, expected, reason):
             return "\(path): not a \(expected.rawValue.uppercased()) image though its name says so: \(reason); open it as raw to override"
         case let .hasChildren(path, children):
-            return "\(path): is the parent of differencing disks that this would break: \(children.joined(separator: ", ")); merge them first, or confirm that they may be broken"
+            return "\(path): is the parent of differencing disks that this would break: \(children.joined(separator: ", ")); merge them first, or confirm that they may be broken (children are looked for only in the parent's folder and in the folders and files given as possible children)"
+        case let .mergePending(path, child, ancestor, record, pid):
+            let role = path == child ? "it is being merged into \(ancestor)" : "it takes part in the merge of \(child) into \(ancestor)"
+            if let pid {
+                return "\(path): a merge is in progress (PID \(pid)): \(role); wait for it to finish (merge record \(record))"
+            }
+            return "\(path): a merge is pending: \(role), which was interrupted (merge record \(record)); its content is mid-change until that merge is finished by merging \(child) again"
+        case let .notCreated(path, reason):
+            return "\(path): was not created: \(reason)"
         }
     }
 }

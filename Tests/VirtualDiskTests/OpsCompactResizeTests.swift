@@ -170,9 +170,9 @@ import Storage
         try DiskImages.create(at: base, options: CreateOptions(format: format, type: .dynamic, virtualSize: 4 << 20)).close()
         let child = FilePath(other.file(Ops.name("child", format)))
         try DiskImages.create(at: child, options: CreateOptions(format: format, type: .differencing, parentPath: base)).chain.forEach { try $0.close() }
-        #expect(ChildFinder.children(of: base).isEmpty)
-        #expect(ChildFinder.children(of: base, folders: [FilePath(other.path)]) == [child])
-        #expect(ChildFinder.children(of: base, candidates: [child]) == [child])
+        #expect(try ChildFinder.children(of: base).isEmpty)
+        #expect(try ChildFinder.children(of: base, folders: [FilePath(other.path)]) == [child])
+        #expect(try ChildFinder.children(of: base, candidates: [child]) == [child])
         #expect(throws: DiskError.self) { try ResizeOperation.resize(path: base, to: 8 << 20, children: [FilePath(other.path)]) }
     }
 }

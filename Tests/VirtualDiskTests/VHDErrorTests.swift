@@ -242,10 +242,11 @@ import Storage
         let dir = try TempDir()
         let base = dir.file("base.vhd"), child = dir.file("child.vhd"), out = dir.file("out.raw")
         try runChecked(TestEnv.bulwark, ["disk", "create", base, "--size", "24M"])
-        try runChecked(TestEnv.bulwark, ["disk", "create", child, "--parent", base])
         var rng = SeededRandom(seed: 4)
         let a = Data(rng.bytes(100_000)), b = Data(rng.bytes(3000))
+        // The parent is written before it has a child (a parent with children is refused).
         try runChecked(TestEnv.bulwark, ["disk", "write", base, "--offset", "1000"], input: a)
+        try runChecked(TestEnv.bulwark, ["disk", "create", child, "--parent", base])
         try runChecked(TestEnv.bulwark, ["disk", "write", child, "--offset", "20000000"], input: b)
         try runChecked(TestEnv.bulwark, ["disk", "read", child, "--output", out])
         let streamed = try runChecked(TestEnv.bulwark, ["disk", "read", child]).stdout

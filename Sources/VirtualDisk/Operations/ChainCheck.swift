@@ -28,6 +28,8 @@ public struct ChainCheckReport: Codable, Sendable, Equatable {
 public enum ChainCheck {
     public static func check(path: FilePath, repair: Bool = false) throws -> ChainCheckReport {
         var report = ChainCheckReport(path: FileOps.absolute(path).string, levels: [], chainProblems: [], pendingMerges: [])
+        // A merge killed while writing its record leaves a temporary file nothing else would remove.
+        MergeIntent.removeStaleTemporaries(in: FileOps.absolute(path).removingLastComponent())
         guard FileOps.exists(path) else {
             let intents = PendingMergeChain.pendingIntents(near: [path]).filter { OperationIO.key(FilePath($0.child)) == OperationIO.key(path) }
             if intents.isEmpty { throw StorageError.notFound(path: path.string) }

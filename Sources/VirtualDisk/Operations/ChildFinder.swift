@@ -14,8 +14,12 @@ public struct ChildFinder: Sendable {
     private let links: [(image: FilePath, key: String, parentKey: String)]
 
     /// Scans the folders of `near` and the `extra` paths given by the user (`--children`): folders are
-    /// scanned, files taken as candidates.
-    public init(near paths: [FilePath], extra: [FilePath] = []) {
+    /// scanned, files taken as candidates. An extra path that does not exist is an error: silently
+    /// looking nowhere would let the guard pass children it was meant to find.
+    public init(near paths: [FilePath], extra: [FilePath] = []) throws {
+        for p in extra where !FileOps.exists(p) {
+            throw DiskError.invalidArgument("\(p.string): no such file or folder, given as a place to look for children (differencing images) of \(paths.map(\.string).joined(separator: ", ")); name existing images or folders")
+        }
         var folders: [FilePath] = []
         for p in paths.map({ FileOps.absolute($0).removingLastComponent() }) + extra.filter(Self.isFolder)
         where !folders.contains(p) {
@@ -45,8 +49,8 @@ public struct ChildFinder: Sendable {
     }
 
     /// The images among `parent`'s folder, `folders` and `candidates` whose parent resolves to `parent`.
-    public static func children(of parent: FilePath, folders: [FilePath] = [], candidates: [FilePath] = []) -> [FilePath] {
-        ChildFinder(near: [parent], extra: folders + candidates).children(of: parent)
+    public static func children(of parent: FilePath, folders: [FilePath] = [], candidates: [FilePath] = []) throws -> [FilePath] {
+        try ChildFinder(near: [parent], extra: folders + candidates).children(of: parent)
     }
 
     /// The file `image`'s parent link resolves to (the first locator path that exists), or nil for an

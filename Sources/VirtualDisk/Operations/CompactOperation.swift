@@ -20,7 +20,7 @@ public struct CompactResult: Codable, Sendable, Equatable {
 public enum CompactOperation {
     public static func compact(path: FilePath, children: [FilePath] = [], force: Bool = false,
                                progress: ProgressReporter? = nil) throws -> CompactResult {
-        let found = ChildFinder(near: [path], extra: children).children(of: path)
+        let found = try ChildFinder(near: [path], extra: children).children(of: path)
         if !found.isEmpty, !force { throw DiskError.hasChildren(path: path.string, children: found.map(\.string)) }
         // The whole chain: a differencing level compares its zero blocks with what its parent reads.
         let chain = try DiskChain.open(path, writable: true)

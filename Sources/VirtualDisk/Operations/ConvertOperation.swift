@@ -110,19 +110,18 @@ public enum ConvertOperation {
             staged = try StagedImage(at: destination, options: CreateOptions(
                 format: format, type: type, virtualSize: leaf.virtualSize, blockSize: options.blockSize,
                 logicalSectorSize: logical))
-        } catch let e as StorageError {
-            throw Self.naming(destination, e)
+        } catch {
+            throw naming(error, destination: destination, temp: nil)
         }
         let written: (bytes: UInt64, cloned: UInt64)
         do {
             written = try copy(map, from: chain, to: staged.image, fixedTarget: type == .fixed, total: allocated, progress: progress)
+            // A cancellation that came during the copy's last steps still leaves no destination.
+            try progress?.checkCancelled()
             try staged.publish()
-        } catch let e as StorageError {
-            staged.discard()
-            throw Self.naming(destination, e)
         } catch {
             staged.discard()
-            throw error
+            throw naming(error, destination: destination, temp: staged.temporaryPath)
         }
         let store = try BlockFile.open(destination, writable: false)
         defer { try? store.close() }
@@ -131,17 +130,18 @@ public enum ConvertOperation {
                              fileSize: try store.size(), allocatedBytes: try store.allocatedBytes())
     }
 
-    /// A store error about the hidden temporary file, told about the destination the caller named
-    /// (which was not created).
-    static func naming(_ destination: FilePath, _ error: StorageError) -> StorageError {
-        switch error {
-        case let .insufficientSpace(_, needed, available):
-            return .insufficientSpace(path: destination.string, needed: needed, available: available)
-        case let .io(path, operation, errno) where path.contains(".partial-"):
-            return .io(path: destination.string, operation: operation + " (of its temporary file \(path))", errno: errno)
-        default:
-            return error
+    /// A failure while writing the temporary file, told about the destination the user named (the
+    /// temporary name means nothing to them, and it is gone).
+    /// No space keeps its class (and its exit status), told about the destination.
+    static func naming(_ error: any Error, destination: FilePath, temp: FilePath?) -> any Error {
+        if case let StorageError.insufficientSpace(_, needed, available) = error {
+            return StorageError.insufficientSpace(path: destination.string, needed: needed, available: available)
         }
+        var text = String(describing: error)
+        guard let temp, !(error is OperationCancelled), text.contains(temp.string) else { return error }
+        if text.hasPrefix(temp.string + ": ") { text.removeFirst(temp.string.count + 2) }
+        text = text.replacingOccurrences(of: temp.string, with: "the temporary file")
+        return DiskError.notCreated(path: destination.string, reason: text)
     }
 
     /// Copies the mapped runs: into a fixed target shared by reflink where the filesystem allows it;
@@ -172,6 +172,7 @@ public enum ConvertOperation {
         if target.format == .raw, fixedTarget, pieces.allSatisfy({ chain.levels[$0.level].format == .raw }) {
             // Raw to a preallocated raw file: copy inside the store (in the kernel, reflinked where possible).
             for piece in pieces {
+                try progress?.checkCancelled()
                 try target.store.copyRange(from: chain.levels[piece.level].store, sourceOffset: piece.range.lowerBound,
                                   to: piece.range.lowerBound, length: UInt64(piece.range.count), buffer: buffer)
                 written += UInt64(piece.range.count)
@@ -194,6 +195,7 @@ public enum ConvertOperation {
         }
         var unsynced: UInt64 = 0
         try pipeline.run { piece, data in
+            try progress?.checkCancelled()
             let slice = UnsafeRawBufferPointer(rebasing: data[..<piece.range.count])
             // Granules are aligned to the virtual granule grid: a piece starts on a chunk boundary
             // or at the start of a run, which need not be granule-aligned.

@@ -21,6 +21,10 @@ public struct MergeIntent: Codable, Sendable, Equatable {
     public var childrenToRepoint: [String]
     /// When the merge started (ISO 8601).
     public var started: String
+    /// The process running the merge (rewritten by a run that resumes it), so that a writer or reader
+    /// refused meanwhile can say whether the merge is running or was interrupted. Absent in records
+    /// of older versions.
+    public var pid: Int32?
 
     public init(child: String, levels: [String], ancestor: String, levelIdentities: [String], ancestorIdentity: String,
                 childrenToRepoint: [String], started: String) {
@@ -32,7 +36,12 @@ public struct MergeIntent: Codable, Sendable, Equatable {
         self.ancestorIdentity = ancestorIdentity
         self.childrenToRepoint = childrenToRepoint
         self.started = started
+        self.pid = getpid()
     }
+
+    /// Whether the process that wrote the record is still running (the merge is in progress rather
+    /// than interrupted).
+    public var isRunning: Bool { pid.map(ProcessState.isRunning) ?? false }
 
     /// Where the record for merging `child` lives: `CHILD.merge.json` beside it.
     public static func recordPath(for child: FilePath) -> FilePath {
@@ -63,10 +72,13 @@ public struct MergeIntent: Codable, Sendable, Equatable {
         }
     }
 
-    /// Writes the record durably: a temporary store, fsync, rename, directory fsync.
+    /// Writes the record durably: a temporary store, fsync, rename, directory fsync. Any failure
+    /// (the folder's fsync included: without it the rename may not survive a crash) is thrown and
+    /// leaves no record, so the merge stops before any data moves.
     public func write(for child: FilePath) throws {
         let path = Self.recordPath(for: child)
-        let temp = path.removingLastComponent().appending(".\(path.lastComponent?.string ?? "merge.json").tmp-\(getpid())")
+        let temp = Self.temporaryPath(for: path, pid: getpid())
+        var renamed = false
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         let bytes = [UInt8](try encoder.encode(self))
@@ -76,11 +88,33 @@ public struct MergeIntent: Codable, Sendable, Equatable {
             try store.write(bytes, at: 0)
             try store.flush()
             try store.close()
-            try FileOps.rename(temp, to: path)
+            guard rename(temp.string, path.string) == 0 else {
+                throw StorageError.io(path: temp.string, operation: "rename to \(path.string)", errno: Errno(rawValue: errno))
+            }
+            renamed = true
+            try FileOps.syncDirectory(of: path)
         } catch {
             try? store.close()
             try? FileOps.remove(temp)
+            // A record whose rename may not be durable is taken back: the merge has not started.
+            if renamed { try? FileOps.remove(path) }
             throw error
+        }
+    }
+
+    /// The temporary name a record is written under by process `pid`: `.CHILD.merge.json.tmp-PID`.
+    static func temporaryPath(for record: FilePath, pid: Int32) -> FilePath {
+        record.removingLastComponent().appending(".\(record.lastComponent?.string ?? "merge.json").tmp-\(pid)")
+    }
+
+    /// Removes the temporary records (`.NAME.merge.json.tmp-PID`) in `folder` whose writer is gone:
+    /// a kill while a record was being written leaves one, and nothing else would ever remove it.
+    public static func removeStaleTemporaries(in folder: FilePath) {
+        guard let names = try? FileOps.contents(of: folder) else { return }
+        for name in names where name.hasPrefix(".") && name.contains(".merge.json.tmp-") {
+            guard let dash = name.range(of: ".merge.json.tmp-", options: .backwards),
+                  let pid = Int32(name[dash.upperBound...]), !ProcessState.isRunning(pid) else { continue }
+            try? FileOps.remove(folder.appending(name))
         }
     }
 

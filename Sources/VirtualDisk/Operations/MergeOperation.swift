@@ -43,21 +43,32 @@ public struct MergeResult: Codable, Sendable, Equatable {
 public enum MergeOperation {
     public static func merge(child: FilePath, options: MergeOptions = MergeOptions(), progress: ProgressReporter? = nil) throws -> MergeResult {
         let child = FileOps.absolute(child)
-        if let intent = try MergeIntent.load(for: child) {
+        MergeIntent.removeStaleTemporaries(in: child.removingLastComponent())
+        if var intent = try MergeIntent.load(for: child) {
             if let into = options.into, OperationIO.key(into) != OperationIO.key(FilePath(intent.ancestor)) {
                 throw DiskError.invalidArgument("\(child.string): a merge into \(intent.ancestor) is pending (\(MergeIntent.recordPath(for: child).string)); finish it first by merging \(child.string) again without naming an ancestor")
             }
-            return try execute(intent, options: options, resumed: true, progress: progress)
+            let locks = try MergeLocks(levels: intent.levels.map { FilePath($0) }, ancestor: FilePath(intent.ancestor))
+            defer { locks.release() }
+            // The record names the process now running the merge.
+            intent.pid = getpid()
+            try intent.write(for: child)
+            return try execute(intent, locks: locks, options: options, resumed: true, progress: progress)
         }
-        guard FileOps.exists(child) else { throw StorageError.notFound(path: child.string) }
-        let intent = try plan(child: child, options: options)
+        guard FileOps.exists(child) else {
+            throw DiskError.invalidArgument("\(child.string): nothing left to merge: the file does not exist and no merge of it is pending (there is no \(MergeIntent.recordPath(for: child).lastComponent?.string ?? "merge record")); a merge that finished removes the child, so an earlier run may have completed it")
+        }
+        let (intent, locks) = try plan(child: child, options: options)
+        defer { locks.release() }
         try intent.write(for: child)
-        return try execute(intent, options: options, resumed: false, progress: progress)
+        return try execute(intent, locks: locks, options: options, resumed: false, progress: progress)
     }
 
-    /// Checks the merge can go ahead (chain, children, free space) and describes it.
-    static func plan(child: FilePath, options: MergeOptions) throws -> MergeIntent {
-        let chain = try DiskChain.open(child)
+    /// Checks the merge can go ahead (chain, children, free space) and describes it. Every level of
+    /// the merge is locked against writers first (and stays locked until the merge ends), so nothing
+    /// written after the check can be lost or change an identity the record holds.
+    static func plan(child: FilePath, options: MergeOptions) throws -> (MergeIntent, MergeLocks) {
+        var chain = try DiskChain.open(child)
         defer { try? chain.close() }
         guard chain.levels.count >= 2 else {
             throw DiskError.invalidArgument("\(child.string): is not a differencing image (it has no parent); there is nothing to merge")
@@ -70,11 +81,30 @@ public enum MergeOperation {
             }
             k = index
         }
+        let planned = chain.levels[0...k].map { OperationIO.key($0.path) }
+        let locks = try MergeLocks(levels: chain.levels[0..<k].map(\.path), ancestor: chain.levels[k].path)
+        do {
+            // Read again under the locks: a writer may have changed a level (and its identity) before.
+            try chain.close()
+            chain = try DiskChain.open(child)
+            guard chain.levels.count > k, chain.levels[0...k].map({ OperationIO.key($0.path) }) == planned else {
+                throw DiskError.invalidArgument("\(child.string): its chain changed while the merge was starting; run the merge again")
+            }
+            return (try describe(chain: chain, k: k, options: options), locks)
+        } catch {
+            locks.release()
+            throw error
+        }
+    }
+
+    /// The record for merging `chain.levels[0..<k]` into `chain.levels[k]`, after the checks.
+    static func describe(chain: DiskChain, k: Int, options: MergeOptions) throws -> MergeIntent {
+        let child = chain.levels[0].path
         let ancestor = chain.levels[k]
         let levelPaths = chain.levels[0..<k].map { FileOps.absolute($0.path) }
         let merged = Set(levelPaths.map(OperationIO.key))
         // One scan of every level's folder (and the paths given) answers for each level.
-        let finder = ChildFinder(near: chain.levels[0...k].map(\.path), extra: options.children)
+        let finder = try ChildFinder(near: chain.levels[0...k].map(\.path), extra: options.children)
 
         // Children that the merge would break: others of the ancestor and of intermediate levels.
         var breaking: [String] = []
@@ -93,7 +123,7 @@ public enum MergeOperation {
             throw StorageError.insufficientSpace(path: ancestor.path.string, needed: needed, available: available)
         }
         let repoint = finder.children(of: child).filter { !merged.contains(OperationIO.key($0)) }
-        return MergeIntent(child: child.string, levels: levelPaths.map(\.string),
+        return MergeIntent(child: FileOps.absolute(child).string, levels: levelPaths.map(\.string),
                            ancestor: FileOps.absolute(ancestor.path).string,
                            levelIdentities: chain.levels[0..<k].map(\.identityString),
                            ancestorIdentity: ancestor.identityString,
@@ -125,31 +155,29 @@ public enum MergeOperation {
     }
 
     /// Runs (or resumes) the merge a record describes.
-    static func execute(_ intent: MergeIntent, options: MergeOptions, resumed: Bool, progress: ProgressReporter?) throws -> MergeResult {
+    static func execute(_ intent: MergeIntent, locks: MergeLocks, options: MergeOptions, resumed: Bool, progress: ProgressReporter?) throws -> MergeResult {
         let child = FilePath(intent.child)
         let ancestorPath = FilePath(intent.ancestor)
         var copied: (bytes: UInt64, cloned: UInt64) = (0, 0)
         if FileOps.exists(child) {
-            copied = try copy(intent, progress: progress)
+            copied = try copy(intent, locks: locks, progress: progress)
             // The ancestor's identity once written (a VHDX gets a new DataWriteGuid).
-            let ancestor = try DiskImages.openLevel(ancestorPath)
-            let newID = ancestor.identity
-            try ancestor.close()
+            let newID = locks.ancestor.leaf.identity
+            try locks.closeAncestor()
             let merged = Set(intent.levels.map { OperationIO.key(FilePath($0)) })
             // The record's list, and any child made since the merge was planned.
             var repoint = intent.childrenToRepoint.map { FilePath($0) }.filter(FileOps.exists)
-            for c in ChildFinder(near: [child], extra: options.children).children(of: child)
+            for c in try ChildFinder(near: [child], extra: options.children).children(of: child)
             where !merged.contains(OperationIO.key(c)) && !repoint.contains(where: { OperationIO.key($0) == OperationIO.key(c) }) {
                 repoint.append(c)
             }
             for c in repoint {
-                let image = try DiskImages.openLevel(c, writable: true)
-                defer { try? image.close() }
-                guard let maintainable = image as? any MaintainableImage else {
-                    throw DiskError.unsupported(path: c.string, reason: "cannot re-point this \(image.format.rawValue) image to \(ancestorPath.string)")
+                try DiskImages.openLevel(c, writable: true).use { image in
+                    guard let maintainable = image as? any MaintainableImage else {
+                        throw DiskError.unsupported(path: c.string, reason: "cannot re-point this \(image.format.rawValue) image to \(ancestorPath.string)")
+                    }
+                    try maintainable.setParent(ParentLink(expectedID: newID, locators: ParentLocator.locators(child: c, parent: ancestorPath)))
                 }
-                try maintainable.setParent(ParentLink(expectedID: newID, locators: ParentLocator.locators(child: c, parent: ancestorPath)))
-                try image.flush()
             }
             var result = try finish(intent)
             result.repointed = repoint.map(\.string)
@@ -177,14 +205,38 @@ public enum MergeOperation {
                            bytesCloned: 0, resumed: false)
     }
 
+    /// Links the top merged level to the ancestor's identity as it will be once written, before any
+    /// data moves. A VHDX ancestor takes a new DataWriteGuid with its first change, which would break
+    /// the link for every reader that does not know merge records (other tools such as libvhdi) while
+    /// the merge runs and after a kill; reading through the level gives the same bytes whatever the
+    /// ancestor holds of the merged data, so the new link is true from the start. A VHD's identity
+    /// does not change with writes: nothing to do.
+    /// The level's own header update comes first, so that between the ancestor's new identity and
+    /// the link to it only one log entry is written (a kill there leaves the link to the record).
+    /// Returns whether the level was changed.
+    static func relink(_ level: any DiskImage, to ancestor: any DiskImage) throws -> Bool {
+        guard let vhdx = ancestor as? VHDXImage, let top = level as? VHDXImage, let link = top.parentLink else { return false }
+        try top.beginSession(dataWrite: false)
+        try vhdx.beginSession(dataWrite: true)
+        guard link.expectedID != vhdx.identity else { return false }
+        try top.setParent(ParentLink(expectedID: vhdx.identity, locators: link.locators))
+        try top.flush()
+        return true
+    }
+
     /// Copies everything the child levels hold into the ancestor, newest level winning, then flushes.
-    static func copy(_ intent: MergeIntent, progress: ProgressReporter?) throws -> (bytes: UInt64, cloned: UInt64) {
-        // The merged levels, checked against the record (they are never written during a merge).
-        var levels: [any DiskImage] = []
-        defer { for l in levels { try? l.close() } }
-        for (i, path) in intent.levels.enumerated() {
-            let level = try DiskImages.openLevel(FilePath(path))
-            levels.append(level)
+    static func copy(_ intent: MergeIntent, locks: MergeLocks, progress: ProgressReporter?) throws -> (bytes: UInt64, cloned: UInt64) {
+        var levels = locks.levels
+        let ancestor = locks.ancestor.leaf
+        // The merged levels, checked against the record (their data is never written during a merge).
+        guard levels.count == intent.levels.count else {
+            throw DiskError.corrupt(path: intent.child, reason: "some levels the pending merge record names are missing (\(intent.levels.joined(separator: ", "))); the record is inconsistent with the files")
+        }
+        for (i, level) in levels.enumerated() {
+            let path = intent.levels[i]
+            guard OperationIO.key(level.path) == OperationIO.key(FilePath(path)) else {
+                throw DiskError.corrupt(path: path, reason: "is not the level the pending merge record names at this place")
+            }
             guard level.identityString == intent.levelIdentities[i] else {
                 throw DiskError.corrupt(path: path, reason: "its identity changed from \(intent.levelIdentities[i]) to \(level.identityString) during a pending merge (\(MergeIntent.recordPath(for: FilePath(intent.child)).string)); refusing to continue")
             }
@@ -197,11 +249,14 @@ public enum MergeOperation {
                 }
             }
         }
-        let target = try DiskChain.open(FilePath(intent.ancestor), writable: true)
-        defer { try? target.close() }
-        let ancestor = target.leaf
         if levels.contains(where: { $0.virtualSize != ancestor.virtualSize }) {
             throw DiskError.unsupported(path: intent.child, reason: "its virtual size differs from the ancestor \(intent.ancestor)'s; resize one of them first")
+        }
+        if try relink(levels[levels.count - 1], to: ancestor) {
+            // Closed and opened again, so that the level's log is clean (tools that cannot replay a
+            // VHDX log then see the new link too).
+            try locks.reopenTopLevel()
+            levels = locks.levels
         }
         let map = try DiskChain(levels: levels).map(0..<ancestor.virtualSize).filter { $0.level != nil }
         let total = map.reduce(UInt64(0)) { $0 + UInt64($1.range.count) }

@@ -6,23 +6,40 @@ import Musl
 import SystemPackage
 import Storage
 
-/// Opening chains that a pending merge has touched.
+/// How `DiskChain.open` treats merge records (`CHILD.merge.json`) in the folders of a chain's levels.
+public enum PendingMergePolicy: Sendable, Equatable {
+    /// Readers and writers of a chain that a merge is running on, or left pending, get consistent
+    /// content or a clear refusal, never mixed bytes: a chain opened through the merging child reads
+    /// through the merge (its link to the changed ancestor is accepted, see `PendingMergeChain`);
+    /// a merged level or the ancestor opened without that child, and any writable open of a level of
+    /// the merge, are refused with `DiskError.mergePending`. The default.
+    case guarded
+    /// Records are not consulted: for the merge itself, which owns its record and holds its levels.
+    case ignored
+}
+
+/// Opening chains that a running or pending merge has touched.
 ///
 /// While a merge copies data, the ancestor changes (and a VHDX ancestor gets a new DataWriteGuid), so
-/// the merged child's link to it no longer verifies with `DiskChain.open`. The child levels still hold
-/// every byte they held before and the ancestor holds the rest, so reading through the leaf gives the
-/// merged contents; `PendingMergeChain.open` allows exactly that link, and only when a merge record names it.
+/// the merged child's link to it no longer verifies. The child levels still hold every byte they held
+/// before and the ancestor holds the rest, so reading through the leaf gives the merged contents;
+/// `DiskChain.open` (with `PendingMergePolicy.guarded`, its default) allows exactly that link, and
+/// only when a merge record names it. Everything else that would see the ancestor mid-change (the
+/// ancestor or an intermediate level read on their own, a sibling of the child, any writer of a level)
+/// is refused, naming the merge.
 public enum PendingMergeChain {
-    /// Opens `path` like `DiskChain.open`, except that a parent identity mismatch is accepted on a link
-    /// from a merged level to its ancestor named by a pending merge record. Records are read through
-    /// `space`, so a chain on a share or behind a helper process reads mid-merge too.
+    /// Opens `path` for reading through any pending merge (the same as `DiskChain.open(path, in:)`).
+    /// Records are read through `space`, so a chain on a share or behind a helper process reads
+    /// through a merge too.
     public static func open(_ path: FilePath, in space: any StoreSpace = LocalFileSystem()) throws -> DiskChain {
-        do {
-            return try DiskChain.open(path, in: space)
-        } catch let error as DiskError {
-            guard case .parentMismatch = error else { throw error }
-            return try openAllowing(path, intents: [], in: space)
-        }
+        try DiskChain.open(path, in: space)
+    }
+
+    /// Throws `DiskError.mergePending` if a merge record that appeared since `chain` was opened now
+    /// makes what it read inconsistent (a reader of an ancestor that opened it just before a merge
+    /// into it started). Readers call it after reading, so that a race never passes silently.
+    public static func verify(_ chain: DiskChain) throws {
+        try guardChain(chain.levels.map(\.path), writable: false)
     }
 
     /// The merge records in the folders of `paths`.
@@ -64,9 +81,44 @@ public enum PendingMergeChain {
         }
     }
 
-    static func openAllowing(_ path: FilePath, intents: [MergeIntent], in space: any StoreSpace = LocalFileSystem()) throws -> DiskChain {
-        try DiskChain.open(path, in: space) { child, parent in
-            allows(child: child, parent: parent, intents: intents + pendingIntents(near: [child], in: space), in: space)
+    /// `DiskChain.open`'s identity-mismatch hook under `PendingMergePolicy.guarded`.
+    static func acceptsMergeLink(child: FilePath, parent: FilePath, in space: any StoreSpace = LocalFileSystem()) -> Bool {
+        allows(child: child, parent: parent, intents: pendingIntents(near: [child, parent], in: space), in: space)
+    }
+
+    /// A writable open that found `path` locked: when a merge record names it, the lock is the merge's
+    /// (or the merge was interrupted and someone else writes), and the error says so.
+    static func explain(_ error: StorageError, opening path: FilePath) -> any Error {
+        guard case let .busy(_, holder) = error else { return error }
+        let key = OperationIO.key(path)
+        for intent in pendingIntents(near: [path]) where (intent.levels + [intent.ancestor]).contains(where: { OperationIO.key(FilePath($0)) == key }) {
+            return mergePending(path: path, intent, runningPID: holder ?? (intent.isRunning ? intent.pid : nil))
         }
+        return error
+    }
+
+    /// Refuses a chain (leaf first) that would see a merge's ancestor mid-change, or a writable open
+    /// of a level of a merge. See `PendingMergePolicy.guarded`.
+    static func guardChain(_ paths: [FilePath], writable: Bool) throws {
+        let keys = paths.map(OperationIO.key)
+        for intent in pendingIntents(near: paths) {
+            let merged = Set(intent.levels.map { OperationIO.key(FilePath($0)) })
+            let involved = merged.union([OperationIO.key(FilePath(intent.ancestor))])
+            guard let first = keys.firstIndex(where: involved.contains) else { continue }
+            let throughChild = keys.contains(OperationIO.key(FilePath(intent.child)))
+            // Without the child on top, the view mixes the ancestor's new data with the levels' old
+            // (while the child exists, the copy may be incomplete; once it is gone, leftover levels
+            // are stale). A writer of any level would change what the merge copies or has copied.
+            let mixed = !throughChild && (FileOps.exists(FilePath(intent.child)) || keys.contains(where: merged.contains))
+            let written = writable && involved.contains(keys[0])
+            if mixed || written {
+                throw mergePending(path: paths[written ? 0 : first], intent, runningPID: intent.isRunning ? intent.pid : nil)
+            }
+        }
+    }
+
+    static func mergePending(path: FilePath, _ intent: MergeIntent, runningPID: Int32?) -> DiskError {
+        DiskError.mergePending(path: FileOps.absolute(path).string, child: intent.child, ancestor: intent.ancestor,
+                               record: MergeIntent.recordPath(for: FilePath(intent.child)).string, runningPID: runningPID)
     }
 }

@@ -13,7 +13,7 @@ public struct ResizeResult: Codable, Sendable, Equatable {
 public enum ResizeOperation {
     public static func resize(path: FilePath, to newSize: UInt64, children: [FilePath] = [], force: Bool = false) throws -> ResizeResult {
         guard newSize > 0 else { throw DiskError.invalidArgument("\(path.string): the new size must be larger than zero") }
-        let found = ChildFinder(near: [path], extra: children).children(of: path)
+        let found = try ChildFinder(near: [path], extra: children).children(of: path)
         // Closed through `use`: the close is the resize's last flush, and its failure is the resize's.
         return try DiskChain.open(path, writable: true).use { chain in
             let image = chain.leaf

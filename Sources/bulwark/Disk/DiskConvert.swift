@@ -1,4 +1,7 @@
 import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
 import SystemPackage
 import VirtualDisk
 import Storage
@@ -26,10 +29,22 @@ struct DiskConvert: ParsableCommand {
     func run() throws {
         let bar = ProgressBar("convert")
         defer { bar.finish() }
-        let result = try ConvertOperation.convert(source: FilePath(source), destination: FilePath(destination),
+        // One reporter: SIGINT/SIGTERM cancel it, and the engine removes its staged file before exiting.
+        let reporter = bar.handler
+        let interruption = Interruption(cancelling: reporter)
+        defer { interruption.stop() }
+        let result: ConvertResult
+        do {
+            result = try ConvertOperation.convert(source: FilePath(source), destination: FilePath(destination),
                                                   options: ConvertOptions(format: format, type: type?.diskType, blockSize: blockSize?.int,
                                                                           allowDeviceDestination: overwriteDevice),
-                                                  progress: bar.handler)
+                                                  progress: reporter)
+        } catch is OperationCancelled {
+            bar.finish()
+            let signal = interruption.signal ?? SIGINT
+            Output.note("convert: stopped by \(Interruption.name(of: signal)); \(destination) was not created")
+            throw ExitCode(Interruption.exitCode(for: signal))
+        }
         bar.finish()
         if printing.json { try Output.json(result); return }
         print("converted \(result.source) -> \(result.destination): \(result.format.rawValue) \(result.type.rawValue), \(ByteCount.format(result.virtualSize)), \(ByteCount.format(result.bytesWritten)) written\(result.bytesCloned > 0 ? " (\(ByteCount.format(result.bytesCloned)) of it shared by reflink)" : ""), file \(ByteCount.format(result.allocatedBytes)) on disk")

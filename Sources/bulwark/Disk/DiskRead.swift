@@ -20,6 +20,13 @@ struct DiskRead: ParsableCommand {
     func run() throws {
         let chain = try DiskChain.open(FilePath(path), format: format)
         defer { try? chain.close() }
+        try copy(chain)
+        // Read through a running or pending merge (`DiskChain.open`); afterwards, check that no merge
+        // started meanwhile on what was read alone (an ancestor), so mixed bytes never pass silently.
+        try PendingMergeChain.verify(chain)
+    }
+
+    func copy(_ chain: DiskChain) throws {
         let image = chain.leaf
         // Both checks before any arithmetic: a huge offset or length is refused, never overflows.
         let start = offset?.bytes ?? 0

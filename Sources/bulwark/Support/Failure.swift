@@ -35,6 +35,8 @@ enum ExitStatus {
         case .parentNotFound: notFound
         case .corrupt, .truncated, .parentMismatch, .chainLoop, .notRecognized: corrupt
         case .hasChildren: refused
+        case .notCreated: failed
+        case .mergePending: busy
         case .invalidArgument, .outOfRange: usage
         case .unsupported: failed
         }
@@ -72,7 +74,12 @@ enum Failure {
     static func hints(for error: DiskError) -> [String] {
         switch error {
         case let .hasChildren(path, _):
-            return ["`bulwark disk merge CHILD` folds a child into \(path) first; --force goes ahead and leaves the children unreadable"]
+            return ["`bulwark disk merge CHILD` folds a child into \(path) first; --force goes ahead and leaves the children unreadable",
+                    "children elsewhere are found when named: --children DIR|FILE..."]
+        case let .mergePending(_, child, _, _, runningPID):
+            return [runningPID != nil
+                ? "if that merge was interrupted, `bulwark disk merge \(child)` finishes it"
+                : "`bulwark disk merge \(child)` finishes it"]
         case let .parentNotFound(child, _, _):
             return ["`bulwark disk reparent \(child) --parent PATH` points it at a moved parent"]
         case let .parentMismatch(child, parent, _, _):
