@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ShadowCopy
 import Storage
 import VirtualDisk
 
@@ -31,6 +32,8 @@ struct Bulwark: AsyncParsableCommand {
         } catch let error as DiskError {
             exit(withError: Failure.report(error))
         } catch let error as StorageError {
+            exit(withError: Failure.report(error))
+        } catch let error as ShadowCopyError {
             exit(withError: Failure.report(error))
         } catch {
             exit(withError: error)

@@ -22,7 +22,7 @@ import Storage
         #expect(MergeRace.waitFor { FileOps.exists(MergeIntent.recordPath(for: leaf)) }, "the merge starts")
         for (target, extra) in [(leaf, [String]()), (base, ["--force"])] {
             let r = try run(TestEnv.bulwark, ["disk", "write", target.string, "--offset", "1M", "--input", input] + extra)
-            #expect(r.status == 1, "a write into \(target.string) during the merge is refused")
+            #expect(r.status == Exit.busy, "a write into \(target.string) during the merge is refused")
             #expect(r.err.contains("a merge is in progress (PID \(merge.pid))"), "\(r.err)")
             #expect(r.err.contains("bulwark disk merge \(leaf.string)"), "\(r.err)")
         }
@@ -45,7 +45,7 @@ import Storage
         let writer = try MergeRace.Background(["disk", "write", leaf.string, "--offset", "40M", "--input", input], slowIO: 100_000)
         usleep(300_000)
         let r = try run(TestEnv.bulwark, ["disk", "merge", leaf.string])
-        #expect(r.status == 1)
+        #expect(r.status == Exit.busy)
         #expect(r.err.contains("in use by process \(writer.pid)"), "\(r.err)")
         #expect(!FileOps.exists(MergeIntent.recordPath(for: leaf)))
         #expect(writer.wait().status == 0)
@@ -129,7 +129,7 @@ import Storage
             }
             let b = try MergeRace.cliRead(base, in: dir)
             if record && FileOps.exists(leaf) {
-                #expect(b.status == 1, "the base mid-merge is refused (\(format), round \(round))")
+                #expect(b.status == Exit.busy, "the base mid-merge is refused (\(format), round \(round))")
                 #expect(b.err.contains("a merge is pending") && b.err.contains("run `bulwark disk merge \(leaf.string)`"), "\(b.err)")
             } else {
                 #expect(b.status == 0, "\(b.err)")
@@ -173,14 +173,14 @@ import Storage
         let l = try MergeRace.cliRead(leaf, in: dir)
         #expect(l.status == 0 && OpsCLI.same(l.bytes, merged), "the leaf reads through a pending merge: \(l.err)")
         let b = try MergeRace.cliRead(base, in: dir)
-        #expect(b.status == 1)
+        #expect(b.status == Exit.busy)
         #expect(b.err.contains("a merge is pending") && b.err.contains("run `bulwark disk merge \(leaf.string)` to finish it"), "\(b.err)")
         #expect(!b.err.contains("replaced"), "\(b.err)")
         // From a file, not a pipe: a refused writer never reads its input (a pipe would raise SIGPIPE here).
         let input = dir.file("x")
         try Data(count: 512).write(to: URL(fileURLWithPath: input))
         let w = try run(TestEnv.bulwark, ["disk", "write", leaf.string, "--offset", "0", "--input", input])
-        #expect(w.status == 1 && w.err.contains("a merge is pending"), "\(w.err)")
+        #expect(w.status == Exit.busy && w.err.contains("a merge is pending"), "\(w.err)")
         try runChecked(TestEnv.bulwark, ["disk", "merge", leaf.string])
         #expect(OpsCLI.same(try OpsCLI.readAll(base), merged))
 
@@ -189,7 +189,7 @@ import Storage
         try runChecked(TestEnv.bulwark, ["disk", "create", child.string, "--parent", base.string])
         try FileOps.rename(base, to: FilePath(dir.file("moved.\(format.rawValue)")))
         let r = try run(TestEnv.bulwark, ["disk", "read", child.string, "--length", "512"])
-        #expect(r.status == 1)
+        #expect(r.status == Exit.notFound)
         #expect(r.err.contains("parent disk not found") && r.err.contains("bulwark disk reparent \(child.string) --parent"), "\(r.err)")
     }
 }

@@ -26,7 +26,7 @@ import Storage
         let before = try run(TestEnv.bulwark, ["disk", "read", child, "--length", "1M"]).stdout
         let parentBytes = try Data(contentsOf: URL(fileURLWithPath: parent))
         let r = try run(TestEnv.bulwark, ["disk", "write", parent, "--offset", "0", "--input", input])
-        #expect(r.status == 1, "refused: \(r.err)")
+        #expect(r.status == Exit.refused, "refused: \(r.err)")
         #expect(r.err.contains(child), "the refusal names the child: \(r.err)")
         #expect(r.err.contains("--force") && r.err.contains("--children"), "and the ways on: \(r.err)")
         #expect(r.err.contains("only in the parent's folder"), "and where children were looked for: \(r.err)")
@@ -50,7 +50,7 @@ import Storage
         try Data(repeating: 7, count: 4096).write(to: URL(fileURLWithPath: input))
         for extra in [other.path, child] {
             let r = try run(TestEnv.bulwark, ["disk", "write", parent, "--offset", "0", "--input", input, "--children", extra])
-            #expect(r.status == 1 && r.err.contains(child), "a folder or a file given with --children is searched (\(extra)): \(r.err)")
+            #expect(r.status == Exit.refused && r.err.contains(child), "a folder or a file given with --children is searched (\(extra)): \(r.err)")
         }
     }
 
@@ -67,7 +67,7 @@ import Storage
         ]
         for args in commands {
             let r = try run(TestEnv.bulwark, args)
-            #expect(r.status == 1, "\(args[1]) refuses: \(r.out) \(r.err)")
+            #expect(r.status == Exit.usage, "\(args[1]) refuses: \(r.out) \(r.err)")
             #expect(r.err.contains(missing) && r.err.contains("no such file or folder"), "\(args[1]): \(r.err)")
         }
         #expect(FileManager.default.fileExists(atPath: child), "nothing was merged")

@@ -54,6 +54,10 @@ public enum WriteOperation {
                 throw DiskError.hasChildren(path: FileOps.absolute(path).string, children: found.map(\.string))
             }
             let image = chain.leaf
+            // An offset past the end is refused even when the input turns out to be empty.
+            guard offset <= image.virtualSize else {
+                throw DiskError.outOfRange(path: path.string, offset: offset, length: 0, virtualSize: image.virtualSize)
+            }
             let total = knownSize(of: input)
             if let total {
                 // Refused before anything is written, rather than failing halfway through.

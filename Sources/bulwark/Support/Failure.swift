@@ -1,6 +1,7 @@
 import ArgumentParser
 import SystemPackage
 import Storage
+import ShadowCopy
 import VirtualDisk
 
 /// The exit status of every command, in one place (README "Exit codes" lists them). Scripts can tell
@@ -78,8 +79,8 @@ enum Failure {
                     "children elsewhere are found when named: --children DIR|FILE..."]
         case let .mergePending(_, child, _, _, runningPID):
             return [runningPID != nil
-                ? "if that merge was interrupted, `bulwark disk merge \(child)` finishes it"
-                : "`bulwark disk merge \(child)` finishes it"]
+                ? "if that merge was interrupted, run `bulwark disk merge \(child)` to finish it"
+                : "run `bulwark disk merge \(child)` to finish it"]
         case let .parentNotFound(child, _, _):
             return ["`bulwark disk reparent \(child) --parent PATH` points it at a moved parent"]
         case let .parentMismatch(child, parent, _, _):
@@ -88,6 +89,31 @@ enum Failure {
             return ["pass --format raw to open it as a raw disk on purpose"]
         case let .outOfRange(_, _, _, virtualSize):
             return ["the disk holds \(ByteCount.format(virtualSize)) (\(virtualSize) bytes): --offset and --length must stay within it"]
+        default:
+            return []
+        }
+    }
+
+    static func report(_ error: ShadowCopyError) -> ExitCode {
+        Output.note("Error: \(error)")
+        for line in hints(for: error) { Output.note("hint: \(line)") }
+        return ExitCode(ExitStatus.failed)
+    }
+
+    static func hints(for error: ShadowCopyError) -> [String] {
+        switch error {
+        case .stateFile:
+            return ["--state-dir DIR (or BULWARK_STATE_DIR) points at another state folder"]
+        case let .invalidArgument(text) where text.contains("must be forced"):
+            return ["--force forgets it anyway"]
+        case let .invalidArgument(text) where text.contains("nothing to forget") || text.contains("no writer with id"):
+            return ["`bulwark writers list` shows the ids; `bulwark writers forget --stale` forgets the writers that are gone"]
+        case .outputUnusable:
+            return ["--output DIR chooses another folder"]
+        case .reflinkUnsupported:
+            return ["--provider copy copies instead (or --provider auto picks what works)"]
+        case .notFrozen:
+            return ["name mountpoints the agent knows (`--qga SOCKET:MOUNT,...`), or pass --allow-crash-consistent"]
         default:
             return []
         }
