@@ -17,15 +17,16 @@ from .ops import MergeOp, build_chain
 # Adversarial inputs
 
 
-def expect_refusal(r, what, allow_empty=False):
-    """Problems unless r is a clean refusal: non-zero exit, no trap, no hang, a message."""
+def expect_refusal(r, what, allow_empty=False, message=None):
+    """Problems unless r is a clean refusal: non-zero exit, no trap, no hang, a message (on standard
+    error, or `message` when the command reports on standard output, as `check` lists its findings)."""
     if r.timed_out:
         return [f"{what}: hung ({r.brief()})"]
     if r.trap:
         return [f"{what}: crashed: {r.brief(600)}"]
     if r.rc == 0:
         return [f"{what}: exited 0 (expected a refusal)"]
-    if not allow_empty and not r.err.strip():
+    if not allow_empty and not (r.err if message is None else message).strip():
         return [f"{what}: exit {r.rc} without a message"]
     return []
 
@@ -111,7 +112,12 @@ def adv_fifo_parent(H, sc):
         t.join()
     for i, (label, args, why) in enumerate(cases):
         r = results[i]
-        problems = expect_refusal(r, f"`bulwark {' '.join(short_path(a) for a in args)}` ({why})")
+        # `check` lists what it found on standard output (exit 1); the others refuse on standard error.
+        out = r.out.decode("utf-8", "replace") if isinstance(r.out, bytes) else r.out
+        text = out + r.err if args[1] == "check" else r.err
+        problems = expect_refusal(r, f"`bulwark {' '.join(short_path(a) for a in args)}` ({why})", message=text)
+        if not problems and "FIFO" not in text:
+            problems.append(f"`bulwark {' '.join(short_path(a) for a in args)}` ({why}): the message does not say the file is a FIFO: {text.strip()[:200]}")
         if not problems and r.elapsed > limit:
             problems.append(f"took {r.elapsed:.1f}s to fail (expected within {limit:.0f}s)")
         sc.record(label, problems, H.verbose)
