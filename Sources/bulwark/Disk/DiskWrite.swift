@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Storage
 import ArgumentParser
 import SystemPackage
@@ -24,10 +27,13 @@ struct DiskWrite: ParsableCommand {
             throw StorageError.io(path: input ?? "-", operation: "open", errno: e)
         }
         defer { if input != nil { try? source.close() } }
-        let bar = ProgressBar("write")
-        defer { bar.finish() }
+        // A bar for long writes only (a file input of 64 MiB or more), as `read` does.
+        var st = stat()
+        let long = fstat(source.rawValue, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG && st.st_size >= 64 << 20
+        let bar = long ? ProgressBar("write") : nil
+        defer { bar?.finish() }
         _ = try WriteOperation.write(into: FilePath(path), at: offset.bytes, from: source, inputName: input ?? "standard input",
                                      options: WriteOptions(children: children.filePaths, force: children.force),
-                                     progress: bar.handler)
+                                     progress: bar?.handler)
     }
 }
