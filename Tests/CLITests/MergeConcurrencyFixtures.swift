@@ -73,30 +73,8 @@ enum MergeRace {
         return (r.status, bytes, r.err)
     }
 
-    /// What libvhdi (pyvhdi in Debian's python3) reads through `paths` (base first), or an error
-    /// (its identity checks refuse a child whose parent link does not match); nil without pyvhdi.
-    static func pyvhdiRead(_ paths: [FilePath]) throws -> Result<[UInt8], TestFailure>? {
-        guard try TestEnv.prerequisite(TestEnv.pyvhdiAvailable(), "pyvhdi in /usr/bin/python3") else { return nil }
-        let script = """
-        import sys, pyvhdi
-        files = []
-        for p in sys.argv[1:]:
-            f = pyvhdi.file()
-            f.open(p)
-            if files:
-                f.set_parent(files[-1])
-            files.append(f)
-        leaf = files[-1]
-        size = leaf.get_media_size()
-        off = 0
-        while off < size:
-            n = min(64 << 10, size - off)
-            sys.stdout.buffer.write(leaf.read_buffer_at_offset(n, off))
-            off += n
-        """
-        let r = try run("/usr/bin/python3", ["-c", script] + paths.map(\.string))
-        return r.status == 0 ? .success([UInt8](r.stdout)) : .failure(TestFailure(r.err))
-    }
+    /// What libvhdi reads through `paths` (base first), or its error; nil without pyvhdi.
+    static func pyvhdiRead(_ paths: [FilePath]) throws -> Result<[UInt8], TestFailure>? { try PyVHDI.read(paths) }
 
     /// The PID of a process that has exited (for stale temporary files).
     static func deadPID() throws -> Int32 {

@@ -92,28 +92,6 @@ enum Ops {
     }
 
     /// Reads a (differencing) chain with libvhdi: `paths` base first; returns the leaf's bytes.
-    /// Reads go in 64 KiB pieces: libvhdi (20240509) returns wrong bytes for single reads that span
-    /// more than one block of a differencing chain whose levels interleave sectors within a block.
-    static func pyvhdiRead(_ paths: [FilePath]) throws -> [UInt8]? {
-        guard try TestEnv.prerequisite(TestEnv.pyvhdiAvailable(), "pyvhdi in /usr/bin/python3") else { return nil }
-        let script = """
-        import sys, pyvhdi
-        files = []
-        for p in sys.argv[1:]:
-            f = pyvhdi.file()
-            f.open(p)
-            if files:
-                f.set_parent(files[-1])
-            files.append(f)
-        leaf = files[-1]
-        size = leaf.get_media_size()
-        off = 0
-        while off < size:
-            n = min(64 << 10, size - off)
-            sys.stdout.buffer.write(leaf.read_buffer_at_offset(n, off))
-            off += n
-        """
-        let r = try runChecked("/usr/bin/python3", ["-c", script] + paths.map(\.string))
-        return [UInt8](r.stdout)
-    }
+    /// What libvhdi reads through `paths` (base first); nil without pyvhdi; its failure is thrown.
+    static func pyvhdiRead(_ paths: [FilePath]) throws -> [UInt8]? { try PyVHDI.read(paths)?.get() }
 }
