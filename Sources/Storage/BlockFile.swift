@@ -108,7 +108,7 @@ public final class BlockFile: ByteStore {
             let e = Errno(rawValue: errno)
             guard e == .wouldBlock else { throw StorageError.io(path: path.string, operation: "flock", errno: e) }
             guard waited < Self.lockPatience else {
-                throw StorageError.busy(path: path.string, holder: LockHolders.holders(of: path).first { $0.pid != getpid() }?.pid)
+                throw StorageError.busy(path: path.string, holder: LockHolders.otherHolder(of: path))
             }
             usleep(10_000)
             waited += 10_000

@@ -48,6 +48,12 @@ public enum LockHolders {
         }
     }
 
+    /// A process other than this one that holds the lock on `path` (the one `StorageError.busy`
+    /// names), or nil when none is known.
+    public static func otherHolder(of path: FilePath) -> Int32? {
+        holders(of: path).first { $0.pid != getpid() }?.pid
+    }
+
     private static func hex(_ v: UInt64) -> String {
         let s = String(v, radix: 16)
         return s.count < 2 ? "0" + s : s

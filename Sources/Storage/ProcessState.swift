@@ -13,10 +13,18 @@ public enum ProcessState {
     public static func isRunning(_ pid: Int32) -> Bool {
         guard pid > 0 else { return false }
         guard kill(pid, 0) == 0 || errno == EPERM else { return false }
-        guard let stat = try? FileOps.readSmallFile(FilePath("/proc/\(pid)/stat"), limit: 4096) else { return true }
-        // "pid (comm) S ...": the state follows the last ')'.
-        guard let close = stat.lastIndex(of: ")") else { return true }
-        let rest = stat[stat.index(after: close)...].drop { $0 == " " }
-        return rest.first != "Z" && rest.first != "X"
+        guard let (state, _) = stat(pid) else { return true }
+        return state != "Z" && state != "X"
+    }
+
+    /// The state letter and the process group of `pid` from `/proc/PID/stat`, or nil when it is gone
+    /// (or the table cannot be read).
+    public static func stat(_ pid: Int32) -> (state: Character, processGroup: Int32)? {
+        guard let text = try? FileOps.readSmallFile(FilePath("/proc/\(pid)/stat"), limit: 4096),
+              let close = text.lastIndex(of: ")") else { return nil }
+        // After "(comm)": state ppid pgrp ...
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count >= 3, let state = fields[0].first, let group = Int32(fields[2]) else { return nil }
+        return (state, group)
     }
 }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import Storage
 
 /// Finds and kills processes that are not our children, by what `/proc` says of them. The watchdog
 /// uses it for the hooks of a coordinator that died: they were that coordinator's children, so
@@ -18,25 +19,15 @@ enum ProcessScan {
             guard let pid = pid_t(name), pid != getpid() else { continue }
             guard let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ"),
                   environ.split(separator: 0).contains(where: { Array($0) == needle }),
-                  let (state, pgid) = stat(pid), state != "Z" else { continue }
+                  let (state, pgid) = ProcessState.stat(pid), state != "Z" else { continue }
             out.append((pid, pgid))
         }
         return out
     }
 
-    /// The state letter and the process group of `pid`, or nil when it is gone.
-    static func stat(_ pid: pid_t) -> (state: Character, pgid: pid_t)? {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = text.lastIndex(of: ")") else { return nil }
-        // After "(comm)": state ppid pgrp ...
-        let fields = text[text.index(after: close)...].split(separator: " ")
-        guard fields.count >= 3, let state = fields[0].first, let pgid = pid_t(fields[2]) else { return nil }
-        return (state, pgid)
-    }
-
     /// Whether `pid` is gone or a zombie.
     static func isDead(_ pid: pid_t) -> Bool {
-        guard let (state, _) = stat(pid) else { return true }
+        guard let (state, _) = ProcessState.stat(pid) else { return true }
         return state == "Z" || state == "X"
     }
 

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import SystemPackage
 import Storage
 
@@ -51,7 +48,7 @@ public enum ChainCheck {
             // A level a writer has open is mid-update: its structures may look broken (a VHDX log not
             // yet applied) when nothing is wrong, and repairing it would race the writer.
             if LockHolders.isLocked(current) {
-                throw StorageError.busy(path: current.string, holder: LockHolders.holders(of: current).first { $0.pid != getpid() }?.pid)
+                throw StorageError.busy(path: current.string, holder: LockHolders.otherHolder(of: current))
             }
             report.levels.append(try checkLevel(current, repair: repair))
             let level: any DiskImage
