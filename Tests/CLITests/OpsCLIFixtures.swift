@@ -59,7 +59,7 @@ enum OpsCLI {
     static let helper = Result { try StoreKind.helperProcess.space() }
 
     static func read(_ path: FilePath, in space: any StoreSpace) throws -> [UInt8] {
-        let chain = try PendingMergeChain.open(path, in: space)
+        let chain = try DiskChain.open(path, in: space)
         defer { try? chain.close() }
         return try chain.leaf.read(count: Int(chain.leaf.virtualSize), at: 0)
     }

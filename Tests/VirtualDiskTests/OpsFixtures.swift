@@ -50,7 +50,7 @@ enum Ops {
 
     /// Every virtual byte of `path` read through its chain, in the given kind of store.
     static func readAll(_ path: FilePath, store: StoreKind = .local) throws -> [UInt8] {
-        let chain = try PendingMergeChain.open(path, in: try store.space())
+        let chain = try DiskChain.open(path, in: try store.space())
         defer { try? chain.close() }
         return try chain.leaf.read(count: Int(chain.leaf.virtualSize), at: 0)
     }
@@ -68,7 +68,7 @@ enum Ops {
     /// stale buffer bytes there for VHDX differencing chains (seen with empty 1 MiB-block chains).
     static func libvhdiDifference(_ bytes: [UInt8], _ expected: [UInt8], leaf: FilePath) throws -> Int? {
         guard bytes.count == expected.count else { return min(bytes.count, expected.count) }
-        let chain = try PendingMergeChain.open(leaf)
+        let chain = try DiskChain.open(leaf)
         defer { try? chain.close() }
         for m in try chain.map() where !m.isZero {
             let r = Int(m.range.lowerBound)..<Int(m.range.upperBound)

@@ -62,7 +62,7 @@ public enum ConvertOperation {
             return try DeviceWrite.convert(source: source, device: destination, options: options, progress: progress)
         }
         if local.exists(destination) { throw StorageError.exists(path: destination.string) }
-        let chain = try PendingMergeChain.open(source, in: options.sourceSpace)
+        let chain = try DiskChain.open(source, in: options.sourceSpace)
         defer { try? chain.close() }
         let leaf = chain.leaf
         if options.sourceSpace is LocalFileSystem, OperationIO.key(destination) == OperationIO.key(source) {

@@ -13,7 +13,7 @@ enum DeviceWrite {
         if let format = options.format, format != .raw {
             throw DiskError.invalidArgument("\(device.string): a block device receives the raw disk; a \(format.rawValue.uppercased()) image cannot be written onto it")
         }
-        let chain = try PendingMergeChain.open(source, in: options.sourceSpace)
+        let chain = try DiskChain.open(source, in: options.sourceSpace)
         defer { try? chain.close() }
         let leaf = chain.leaf
         let store = try BlockFile.open(device, writable: true)

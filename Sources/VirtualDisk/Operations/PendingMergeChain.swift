@@ -28,13 +28,6 @@ public enum PendingMergePolicy: Sendable, Equatable {
 /// ancestor or an intermediate level read on their own, a sibling of the child, any writer of a level)
 /// is refused, naming the merge.
 public enum PendingMergeChain {
-    /// Opens `path` for reading through any pending merge (the same as `DiskChain.open(path, in:)`).
-    /// Records are read through `space`, so a chain on a share or behind a helper process reads
-    /// through a merge too.
-    public static func open(_ path: FilePath, in space: any StoreSpace = LocalFileSystem()) throws -> DiskChain {
-        try DiskChain.open(path, in: space)
-    }
-
     /// Throws `DiskError.mergePending` if a merge record that appeared since `chain` was opened now
     /// makes what it read inconsistent (a reader of an ancestor that opened it just before a merge
     /// into it started). Readers call it after reading, so that a race never passes silently.
