@@ -4,6 +4,10 @@ import PackageDescription
 let system = Target.Dependency.product(name: "SystemPackage", package: "swift-system")
 let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
 let propertyBased = Target.Dependency.product(name: "PropertyBased", package: "swift-property-based")
+let yams = Target.Dependency.product(name: "Yams", package: "Yams")
+let grdb = Target.Dependency.product(name: "GRDB", package: "GRDB.swift")
+let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
+let crypto = Target.Dependency.product(name: "Crypto", package: "swift-crypto")
 
 let package = Package(
     name: "Bulwark",
@@ -12,11 +16,17 @@ let package = Package(
         .library(name: "Storage", targets: ["Storage"]),
         .library(name: "VirtualDisk", targets: ["VirtualDisk"]),
         .library(name: "ShadowCopy", targets: ["ShadowCopy"]),
+        .library(name: "Targets", targets: ["Targets"]),
+        .library(name: "Protection", targets: ["Protection"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // C libraries, found through pkg-config.
@@ -34,8 +44,14 @@ let package = Package(
         .target(name: "VirtualDisk", dependencies: ["Storage", "CLinux", system]),
         // The VSS analog: writers, providers and the snapshot coordinator.
         .target(name: "ShadowCopy", dependencies: ["Storage", "VirtualDisk", "CLinux", system]),
+        // Where backups live: the target protocol ("publish a complete file", list, read back), the
+        // local directory target, the lease, and the on-target catalog and manifests.
+        .target(name: "Targets", dependencies: ["Storage", system, crypto]),
+        // Protection policies, backup jobs and recovery points, retention, verify, job history,
+        // the scheduler and the daemon.
+        .target(name: "Protection", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", system, yams, grdb, logging, crypto]),
         // The command-line tool: parses and prints; behaviour lives in the libraries.
-        .executableTarget(name: "bulwark", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", argumentParser, system]),
+        .executableTarget(name: "bulwark", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", argumentParser, system, logging]),
 
         // Shared helpers for the tests: temporary folders, external oracles, the built CLI.
         .target(name: "TestSupport", dependencies: [system, "Storage", "VirtualDisk"], path: "Tests/TestSupport"),
@@ -43,6 +59,7 @@ let package = Package(
         .testTarget(name: "ShadowCopyTests", dependencies: ["Storage", "ShadowCopy", "VirtualDisk", "TestSupport"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSMBClient", "CBlkid", "CArchive", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "Storage", "VirtualDisk"]),
+        .testTarget(name: "ProtectionTests", dependencies: ["TestSupport", "Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", yams]),
     ],
     swiftLanguageModes: [.v6]
 )
