@@ -172,6 +172,10 @@ public protocol StoreSpace: Sendable {
     func syncFolder(of path: FilePath) throws
     /// The names in a folder (not recursive, without `.` and `..`).
     func contents(of folder: FilePath) throws -> [String]
+    /// Creates a folder (and missing folders above it); an existing folder is not an error.
+    func makeFolder(_ path: FilePath) throws
+    /// Removes an empty folder; a missing one is not an error.
+    func removeFolder(_ path: FilePath) throws
     /// `path` made absolute and normalized without touching anything (relative to the space's
     /// working folder).
     func absolute(_ path: FilePath) -> FilePath

@@ -36,6 +36,12 @@ public struct LocalFileSystem: StoreSpace {
     }
 
     public func contents(of folder: FilePath) throws -> [String] { try FileOps.contents(of: folder) }
+    public func makeFolder(_ path: FilePath) throws { try FileOps.makeFolder(path) }
+    public func removeFolder(_ path: FilePath) throws {
+        if rmdir(path.string) != 0, errno != ENOENT {
+            throw StorageError.io(path: path.string, operation: "remove folder", errno: Errno(rawValue: errno))
+        }
+    }
     public func syncFolder(of path: FilePath) throws { try FileOps.syncDirectory(of: path) }
     public func absolute(_ path: FilePath) -> FilePath { FileOps.absolute(path) }
     public func canonical(_ path: FilePath) -> FilePath { FileOps.canonical(path) }
@@ -84,6 +90,24 @@ public enum FileOps {
         if unlink(path.string) != 0, errno != ENOENT {
             throw StorageError.io(path: path.string, operation: "unlink", errno: Errno(rawValue: errno))
         }
+    }
+
+    /// Creates a folder and any missing folders above it (mode 0755), making each new one durable in
+    /// its parent; an existing folder is not an error.
+    public static func makeFolder(_ path: FilePath) throws {
+        var st = stat()
+        if stat(path.string, &st) == 0 {
+            guard st.st_mode & S_IFMT == S_IFDIR else { throw StorageError.unsupported(path: path.string, reason: "exists and is not a folder; move it away or choose another path") }
+            return
+        }
+        let parent = path.removingLastComponent()
+        if !parent.isEmpty, parent != path { try makeFolder(parent) }
+        if mkdir(path.string, 0o755) != 0, errno != EEXIST {
+            let e = Errno(rawValue: errno)
+            if e == .noSpace { throw StorageError.insufficientSpace(path: path.string, needed: 4096, available: 0) }
+            throw StorageError.io(path: path.string, operation: "create folder", errno: e)
+        }
+        try syncDirectory(of: path)
     }
 
     /// Whether a file (or anything) exists at `path`.

@@ -27,4 +27,31 @@ public enum ProcessState {
         guard fields.count >= 3, let state = fields[0].first, let group = Int32(fields[2]) else { return nil }
         return (state, group)
     }
+
+    /// This process's PID.
+    public static var currentPID: Int32 { getpid() }
+
+    /// When `pid` started, in clock ticks since boot (`/proc/PID/stat` field 22), or nil when it is
+    /// gone. With the boot id it tells a PID reused by another process from the one that wrote a record.
+    public static func startTicks(_ pid: Int32) -> UInt64? {
+        guard let text = try? FileOps.readSmallFile(FilePath("/proc/\(pid)/stat"), limit: 4096),
+              let close = text.lastIndex(of: ")") else { return nil }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        // fields[0] is field 3 (state); starttime is field 22.
+        guard fields.count > 19 else { return nil }
+        return UInt64(fields[19])
+    }
+
+    /// This boot's random id (`/proc/sys/kernel/random/boot_id`): a record naming another boot id was
+    /// written before a reboot, so its process is gone whatever its PID.
+    public static let bootID: String = (try? FileOps.readSmallFile(FilePath("/proc/sys/kernel/random/boot_id"), limit: 256))?
+        .trimmingWhitespace() ?? "unknown"
+
+    /// This machine's host name.
+    public static var hostName: String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
+        return String(cString: buffer)
+    }
 }
+

@@ -44,6 +44,14 @@ public struct RangeSpace: StoreSpace {
     public func remove(_ path: FilePath) throws {
         throw StorageError.unsupported(path: path.string, reason: "\(name) is read-only: nothing can be removed there")
     }
+    public func makeFolder(_ path: FilePath) throws {
+        throw StorageError.unsupported(path: path.string, reason: "\(name) is read-only: cannot create a folder")
+    }
+
+    public func removeFolder(_ path: FilePath) throws {
+        throw StorageError.unsupported(path: path.string, reason: "\(name) is read-only: cannot remove a folder")
+    }
+
     public func rename(_ from: FilePath, to: FilePath) throws {
         throw StorageError.unsupported(path: from.string, reason: "\(name) is read-only: nothing can be renamed there")
     }

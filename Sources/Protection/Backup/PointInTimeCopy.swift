@@ -1,0 +1,92 @@
+import Foundation
+import ShadowCopy
+import Storage
+import SystemPackage
+import Targets
+
+/// The point-in-time copies a job reads: the sources themselves when nothing freezes (provider
+/// `none`: crash-consistent), else what the snapshot coordinator's provider made while the writers
+/// were frozen (reflink or copy files in a job folder, or, for the differencing provider, the frozen
+/// leaves themselves with a new live child each).
+struct PointInTimeCopy {
+    var copies: [String]
+    /// For the differencing provider: the new live leaf of each disk (nil elsewhere).
+    var newLeaves: [String?]
+    var provider: String
+    var consistency: ManifestConsistency
+    /// The job folder holding reflink or copy files, removed by `cleanUp()`.
+    var folder: FilePath?
+
+    func cleanUp() {
+        guard let folder else { return }
+        try? FileManager.default.removeItem(atPath: folder.string)
+    }
+
+    static func take(policy: Policy, sources: [String], plan: BackupPlan, options: BackupOptions,
+                     log: @escaping @Sendable (String) -> Void) async throws -> PointInTimeCopy {
+        let settings = policy.consistency
+        if settings.provider == .none {
+            log("provider none: reading the sources as they are (crash-consistent)")
+            return PointInTimeCopy(copies: sources, newLeaves: sources.map { _ in nil }, provider: "none",
+                                   consistency: ManifestConsistency(level: "crash-consistent", provider: "none", writers: [], freezeSeconds: 0,
+                                                                    warnings: ["crash-consistent: no writer froze the sources (provider none)"]))
+        }
+        // The differencing provider snapshots the live leaf the previous point left (Hyper-V's
+        // .avhdx chain), not the base the policy names.
+        var disks = sources
+        if settings.provider == .differencing, let parent = plan.parent {
+            for (i, d) in parent.disks.enumerated() where i < disks.count {
+                if let leaf = d.providerLeaf, FileOps.exists(FilePath(leaf)) { disks[i] = leaf }
+            }
+        }
+        let writers: [any SnapshotWriter] = settings.writers.map { spec in
+            switch spec {
+            case let .qga(socket, mountpoints): return GuestAgentWriter(socket: socket, mountpoints: mountpoints)
+            case let .hook(path, timeout): return HookWriter(path: path, timeout: timeout ?? 10)
+            case let .fsfreeze(mountpoint): return FilesystemFreezeWriter(mountpoint: mountpoint)
+            }
+        }
+        let provider: any SnapshotProvider
+        switch settings.provider {
+        case .auto: provider = AutoProvider()
+        case .reflink: provider = ReflinkProvider()
+        case .copy: provider = CopyProvider()
+        case .differencing, .none: provider = DifferencingProvider()
+        }
+        let base = settings.snapshotDirectory.map { FilePath($0) } ?? options.stateDirectory.appending("snapshots")
+        let folder = base.appending("\(policy.name).\(ProcessState.currentPID)")
+        try? FileManager.default.removeItem(atPath: folder.string)
+        try FileOps.makeFolder(folder)
+        let coordinator = SnapshotCoordinator(stateDirectory: options.stateDirectory.appending("writers").string,
+                                              watchdog: options.watchdog, echo: { log("snapshot: \($0)") })
+        let request = SnapshotRequest(writers: writers, provider: provider, disks: disks, outputDirectory: folder.string,
+                                      policy: SnapshotPolicy(holdTimeout: settings.holdTimeout, fallBackToCrashConsistent: settings.allowCrashConsistent))
+        let result: SnapshotResult
+        do {
+            result = try await coordinator.snapshot(request)
+        } catch let failure as SnapshotFailure {
+            try? FileManager.default.removeItem(atPath: folder.string)
+            let retryable = failure.cause.writerErrorClass != .nonRetryable
+            throw ProtectionError.snapshotFailed(policy: policy.name, reason: failure.cause.description, retryable: retryable)
+        } catch {
+            try? FileManager.default.removeItem(atPath: folder.string)
+            throw error
+        }
+        let writersDone = result.writers.map {
+            ManifestWriter(name: $0.identity.name, kind: $0.identity.kind, state: $0.state.rawValue, froze: $0.froze,
+                           error: $0.errorMessage.isEmpty ? nil : $0.errorMessage)
+        }
+        let level = result.consistency == .applicationConsistent ? "application-consistent" : "crash-consistent"
+        if result.consistency == .crashConsistent && !settings.allowCrashConsistent {
+            try? FileManager.default.removeItem(atPath: folder.string)
+            throw ProtectionError.crashConsistentRefused(policy: policy.name, reason: "the snapshot was only crash-consistent (\(result.warnings.joined(separator: "; ")))")
+        }
+        let differencing = result.provider == "differencing"
+        log("snapshot \(result.snapshotID): \(level) by \(result.provider), frozen \(String(format: "%.2f", result.freezeHoldSeconds)) s")
+        return PointInTimeCopy(copies: result.copies, newLeaves: differencing ? result.newLeaves.map { Optional($0) } : disks.map { _ in nil },
+                               provider: result.provider,
+                               consistency: ManifestConsistency(level: level, provider: result.provider, writers: writersDone,
+                                                                freezeSeconds: result.freezeHoldSeconds, warnings: result.warnings),
+                               folder: folder)
+    }
+}

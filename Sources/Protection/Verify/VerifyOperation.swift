@@ -1,0 +1,134 @@
+import Foundation
+import Storage
+import SystemPackage
+import Targets
+import VirtualDisk
+
+/// What a verify of one point found.
+public struct VerifyResult: Codable, Sendable, Equatable {
+    public var machine: String
+    public var version: String
+    public var ok: Bool
+    /// The first problem: a damaged file, or the first chunk whose checksum differs, with its range.
+    public var problem: String?
+    /// The first bad virtual range (disk index and bytes), when the problem is one.
+    public var badDisk: Int?
+    public var badRange: Range<UInt64>?
+    public var bytesRead: UInt64
+    public var seconds: Double
+}
+
+public struct VerifyOptions: Sendable {
+    /// Record the result on the target (`verify.<time>.json` and a new catalog generation). Needs the
+    /// machine's lease; without recording, verify only reads.
+    public var record: Bool
+    public var now: Date?
+    public var progress: ProgressReporter?
+    public var log: (@Sendable (String) -> Void)?
+    public init(record: Bool = true, now: Date? = nil, progress: ProgressReporter? = nil, log: (@Sendable (String) -> Void)? = nil) {
+        self.record = record
+        self.now = now
+        self.progress = progress
+        self.log = log
+    }
+}
+
+/// Re-reads points through their chains against their manifests: every image file's SHA-256, then
+/// every 4 MiB chunk of every disk as the chain reads it. A point that fails is recorded as failed,
+/// so the next backup of its machine is a full (no new point depends on it).
+public enum VerifyOperation {
+    /// Verifies the given versions of `machine` (all of them when nil), oldest first.
+    public static func run(target: any BackupTarget, machine: String, versions: [String]? = nil, options: VerifyOptions) throws -> [VerifyResult] {
+        let points = RecoveryPoints(target: target, machine: machine)
+        let known = try points.completeVersions()
+        if known.isEmpty, try !RecoveryPoints.machines(on: target).contains(machine) {
+            throw TargetError.machineNotFound(target: target.location, machine: machine, known: try RecoveryPoints.machines(on: target))
+        }
+        for v in versions ?? [] where !known.contains(v) {
+            throw TargetError.pointNotFound(target: target.location, machine: machine, version: v)
+        }
+        let lease = options.record ? try TargetLease.acquire(target, machine: machine, purpose: "verify") : nil
+        defer { lease?.release() }
+        var results: [VerifyResult] = []
+        for version in versions ?? known {
+            try options.progress?.checkCancelled()
+            let result = try verify(points: points, version: version, options: options)
+            options.log?("\(version): " + (result.ok ? "ok (\(ByteCount.format(result.bytesRead)) read)" : "FAILED: \(result.problem ?? "")"))
+            results.append(result)
+            if let lease {
+                try lease.check()
+                let now = options.now ?? Date()
+                try points.record(VerificationRecord(time: Timestamp.iso8601(now), ok: result.ok, problem: result.problem, bytesRead: result.bytesRead),
+                                  for: version, at: now)
+            }
+        }
+        if lease != nil { try points.rebuildCatalog(now: options.now ?? Date()) }
+        return results
+    }
+
+    /// Verifies one point (read-only).
+    public static func verify(points: RecoveryPoints, version: String, options: VerifyOptions) throws -> VerifyResult {
+        let started = Date()
+        var result = VerifyResult(machine: points.machine, version: version, ok: true, problem: nil, badDisk: nil, badRange: nil, bytesRead: 0, seconds: 0)
+        defer { result.seconds = Date().timeIntervalSince(started) }
+        let manifest: PointManifest
+        do { manifest = try points.manifest(version) } catch {
+            result.ok = false
+            result.problem = "the manifest cannot be read: \(error)"
+            return result
+        }
+        let space = points.target.space
+        for disk in manifest.disks {
+            let path = points.pointFolder(version).appending(disk.image)
+            do {
+                let (size, digest) = try DiskCapture.fileDigest(path, in: space, progress: options.progress)
+                result.bytesRead += size
+                guard size == disk.imageSize, digest == disk.imageSHA256 else {
+                    result.ok = false
+                    result.badDisk = disk.index
+                    result.problem = "\(disk.image): the file is \(size) bytes with SHA-256 \(digest); the manifest has \(disk.imageSize) bytes, \(disk.imageSHA256)"
+                    return result
+                }
+                let chain = try DiskChain.open(path, in: space)
+                defer { try? chain.close() }
+                guard chain.leaf.virtualSize == disk.virtualSize else {
+                    result.ok = false
+                    result.badDisk = disk.index
+                    result.problem = "\(disk.image): the chain reads a \(chain.leaf.virtualSize)-byte disk; the manifest says \(disk.virtualSize)"
+                    return result
+                }
+                let assembler = ChunkAssembler(chunkSize: disk.chunkSize, virtualSize: disk.virtualSize)
+                var bad: (Int, String)? = nil
+                func check(_ chunk: ChunkAssembler.Complete) throws {
+                    guard bad == nil else { return }
+                    let digest = chunk.isAllZero ? Digest.zeros(chunk.length) : chunk.withBytes { Digest.sha256($0) }
+                    if digest != disk.chunks[chunk.index] { bad = (chunk.index, digest) }
+                }
+                try ChainReader(chain, chunkSize: disk.chunkSize).forEach(progress: options.progress) { piece in
+                    switch piece {
+                    case let .data(offset, bytes): try assembler.add(data: bytes, at: offset, check)
+                    case let .hole(range): try assembler.add(hole: range, check)
+                    }
+                }
+                try assembler.flush(check)
+                result.bytesRead += disk.virtualSize
+                if let (i, digest) = bad {
+                    let range = disk.chunkRange(i)
+                    result.ok = false
+                    result.badDisk = disk.index
+                    result.badRange = range
+                    result.problem = "disk \(disk.index) bytes \(range.lowerBound)..<\(range.upperBound) (chunk \(i)) read back with SHA-256 \(digest); the manifest has \(disk.chunks[i])"
+                    return result
+                }
+            } catch let e as OperationCancelled {
+                throw e
+            } catch {
+                result.ok = false
+                result.badDisk = disk.index
+                result.problem = "disk \(disk.index) (\(disk.image)) cannot be read: \(error)"
+                return result
+            }
+        }
+        return result
+    }
+}

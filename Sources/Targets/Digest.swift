@@ -1,0 +1,39 @@
+import Crypto
+import Foundation
+
+/// SHA-256 digests as the target's files record them (lower-case hex).
+public enum Digest {
+    public static func sha256(_ bytes: UnsafeRawBufferPointer) -> String { hex(SHA256.hash(data: bytes)) }
+    public static func sha256(_ bytes: [UInt8]) -> String { bytes.withUnsafeBytes { sha256($0) } }
+
+    static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
+        let table = Array("0123456789abcdef".utf8)
+        var out = [UInt8]()
+        out.reserveCapacity(64)
+        for b in digest {
+            out.append(table[Int(b >> 4)])
+            out.append(table[Int(b & 15)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// An incremental SHA-256 over a stream (an image file read back in pieces).
+    public struct Stream {
+        private var hasher = SHA256()
+        public init() {}
+        public mutating func update(_ bytes: UnsafeRawBufferPointer) { hasher.update(bufferPointer: bytes) }
+        public mutating func update(_ bytes: [UInt8]) { bytes.withUnsafeBytes { hasher.update(bufferPointer: $0) } }
+        public func finish() -> String { hex(hasher.finalize()) }
+    }
+
+    /// The digest of `count` zero bytes (a hole in a disk reads as zeros; its chunk digest is this).
+    public static func zeros(_ count: Int) -> String {
+        if let cached = zeroCache.withLock({ $0[count] }) { return cached }
+        let value = sha256([UInt8](repeating: 0, count: count))
+        zeroCache.withLock { $0[count] = value }
+        return value
+    }
+    private static let zeroCache = Mutex<[Int: String]>([:])
+}
+
+import Synchronization
