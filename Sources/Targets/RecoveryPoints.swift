@@ -166,8 +166,11 @@ public struct RecoveryPoints: Sendable {
         var out: [CatalogEntry] = []
         for v in versions {
             let newest = manifestNames(in: v).first?.revision ?? 1
+            // Markers change without a manifest revision: read them from the point's folder, so a
+            // verify failure or a protection is never missed because the catalog is one step behind.
             if var entry = cached[v], entry.revision == newest {
                 entry.protected = isProtected(v)
+                entry.verification = verification(v)
                 out.append(entry)
             } else if let m = try? manifest(v) {
                 out.append(CatalogEntry(manifest: m, protected: isProtected(v), verification: verification(v)))
@@ -224,7 +227,8 @@ public struct RecoveryPoints: Sendable {
     // MARK: coding
 
     static let decoder = JSONDecoder()
-    static func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
+    /// The JSON form of every file Bulwark publishes on a target (sorted keys, readable).
+    public static func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         return [UInt8](try encoder.encode(value)) + [UInt8(ascii: "\n")]

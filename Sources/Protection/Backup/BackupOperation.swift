@@ -97,7 +97,7 @@ public enum BackupOperation {
             log("removing \(stale): an incomplete point left by a job that did not finish")
             try points.removeIncomplete(stale)
         }
-        var plan = try await BlockingPool.disk.run { try BackupPlan.make(policy: policy, points: points, sources: sources, options: options, now: now) }
+        let plan = try await BlockingPool.disk.run { try BackupPlan.make(policy: policy, points: points, sources: sources, options: options, now: now) }
         log(plan.kind == .full ? "full: \(plan.fullReason ?? "")" : "incremental on \(plan.parent?.version ?? "")")
 
         // The point-in-time copies.
@@ -162,12 +162,11 @@ public enum BackupOperation {
             try? await BlockingPool.disk.run { try points.removeIncomplete(version) }
             throw error
         }
-        plan.notes += snapshot.consistency.warnings
         return BackupResult(policy: policy.name, machine: policy.machine, target: target.location, version: version, kind: plan.kind,
                             parent: plan.parent?.version, fullReason: plan.fullReason, consistency: snapshot.consistency.level,
                             provider: snapshot.provider, disks: summaries,
                             bytesRead: summaries.reduce(0) { $0 + $1.bytesRead }, bytesWritten: summaries.reduce(0) { $0 + $1.imageSize },
-                            bytesChanged: summaries.reduce(0) { $0 + $1.changedBytes }, seconds: Date().timeIntervalSince(started), warnings: plan.notes)
+                            bytesChanged: summaries.reduce(0) { $0 + $1.changedBytes }, seconds: Date().timeIntervalSince(started), warnings: plan.notes + snapshot.consistency.warnings)
     }
 }
 
@@ -177,7 +176,7 @@ public enum BulwarkVersion {
 }
 
 /// Full or incremental, and on which parent: decided before the snapshot from the target alone.
-struct BackupPlan {
+struct BackupPlan: Sendable {
     var kind: PointKind
     var parent: PointManifest?
     var fullReason: String?

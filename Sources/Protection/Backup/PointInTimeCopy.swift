@@ -57,7 +57,7 @@ struct PointInTimeCopy {
         let folder = base.appending("\(policy.name).\(ProcessState.currentPID)")
         try? FileManager.default.removeItem(atPath: folder.string)
         try FileOps.makeFolder(folder)
-        let coordinator = SnapshotCoordinator(stateDirectory: options.stateDirectory.appending("writers").string,
+        let coordinator = SnapshotCoordinator(stateDirectory: options.stateDirectory.string,
                                               watchdog: options.watchdog, echo: { log("snapshot: \($0)") })
         let request = SnapshotRequest(writers: writers, provider: provider, disks: disks, outputDirectory: folder.string,
                                       policy: SnapshotPolicy(holdTimeout: settings.holdTimeout, fallBackToCrashConsistent: settings.allowCrashConsistent))

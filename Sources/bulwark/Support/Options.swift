@@ -1,5 +1,6 @@
 import ArgumentParser
 import SystemPackage
+import ShadowCopy
 
 /// `--json`, shared by every command that prints a result, so the flag reads the same everywhere.
 struct OutputOptions: ParsableArguments {
@@ -16,4 +17,13 @@ struct ChildrenOptions: ParsableArguments {
     @Flag(help: "Go ahead even if differencing children of the disk would no longer read correctly.") var force = false
 
     var filePaths: [FilePath] { paths.map { FilePath($0) } }
+}
+
+/// `--state-dir`: where job history, writer states and point-in-time copies are kept (default
+/// $BULWARK_STATE_DIR, else /var/lib/bulwark). One group, so every job command finds the same history.
+struct StateOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("The state folder: job history, writer states, snapshot copies (default: $BULWARK_STATE_DIR, else /var/lib/bulwark).", valueName: "dir"))
+    var stateDir: String?
+
+    var directory: FilePath { FilePath(WriterStateStore.resolveDirectory(stateDir)) }
 }

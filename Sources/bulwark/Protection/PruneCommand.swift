@@ -1,0 +1,34 @@
+import ArgumentParser
+import Foundation
+import Protection
+import Storage
+import Targets
+
+struct PruneCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prune",
+        abstract: "Apply a policy's keep rules to its points on the target.",
+        discussion: "A removed point that later points depend on is folded into the next one (a crash-safe merge), so every kept point stays valid; protected points are never touched. --dry-run lists each point with keep or remove and the rule that decided it."
+    )
+
+    @Option(help: ArgumentHelp("The policy file (YAML).", valueName: "file")) var policy: String
+    @Flag(help: "Show what would be kept and removed; change nothing.") var dryRun = false
+    @OptionGroup var state: StateOptions
+    @OptionGroup var printing: OutputOptions
+
+    func run() async throws {
+        let loaded = try PolicyLoader.load(file: policy)
+        let quiet = printing.json
+        let outcome = try await JobRunner.prune(policy: loaded, options: PruneOptions(dryRun: dryRun, log: { line in if !quiet { Output.note("prune: \(line)") } }),
+                                                stateDirectory: state.directory, trigger: .manual)
+        if let error = outcome.error, !printing.json { throw error }
+        guard let r = outcome.prune else { throw ExitCode(ExitStatus.failed) }
+        if printing.json { try Output.json(r); return }
+        print(Output.table(["VERSION", "KIND", "DECISION", "RULE"], r.decisions.map { d in
+            [d.version, d.kind.rawValue, d.keep ? "keep" : (d.foldedInto.map { "remove (folded into \($0))" } ?? "remove"), d.rule]
+        }))
+        if dryRun { print("dry run: nothing was changed") } else {
+            print("removed \(r.removed.count) point(s), freed \(ByteCount.format(r.bytesFreed))")
+        }
+    }
+}
