@@ -107,6 +107,11 @@ func firings(_ text: String, after start: String, count: Int, in zone: TimeZone 
             #expect(always.next(after: now, in: utc) == now.addingTimeInterval(1))
         }
         #expect(elapsed < .seconds(1), "a never-firing event is found out quickly (\(elapsed))")
+        // Dates far outside the calendar neither trap nor loop.
+        #expect(always.next(after: Date(timeIntervalSince1970: 1e300), in: utc) == nil)
+        #expect(always.next(after: .distantPast, in: utc) != nil)
+        #expect(never[0].fired(between: Date(timeIntervalSince1970: -1e300), and: Date(timeIntervalSince1970: 1e300), in: utc) == nil)
+        #expect(always.fired(between: .distantPast, and: now, in: utc) == now)
     }
 
     @Test func berlinAcrossDaylightSavingChanges() throws {

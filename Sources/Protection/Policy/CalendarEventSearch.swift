@@ -8,12 +8,17 @@ extension CalendarEvent {
     /// `*-02-29` (leap days can be eight years apart, 2096 to 2104).
     static let searchDays = 366 * 10 + 3
 
+    /// The instants searched: years 1 to 9999 (as the event syntax), which also keeps every
+    /// conversion to whole seconds in range whatever date a caller passes.
+    static let earliest = -62_135_596_800.0
+    static let latest = 253_402_300_799.0
+
     /// The first firing strictly after `date`, or nil if the event does not fire within ten years
     /// (`*-02-30`, a date in the past): `bulwark policy check` reports such events.
     public func next(after date: Date, in timeZone: TimeZone) -> Date? {
         let after = date.timeIntervalSince1970
-        guard after.isFinite else { return nil }
-        let base = Int(after.rounded(.down))
+        guard after.isFinite, after < Self.latest else { return nil }
+        let base = Int(max(after, Self.earliest).rounded(.down))
         // Any wall time whose instant is after `date` lies at or after `date` read with the smallest
         // offset around it.
         let startWall = base + (Self.offsets(around: base, timeZone).min() ?? 0)
@@ -41,9 +46,12 @@ extension CalendarEvent {
 
     /// The latest firing in `(start, end]`, or nil if the event did not fire in that span: a scheduler
     /// that was down from `start` to `end` runs one catch-up job for it (not one per missed firing).
+    /// It looks back at most ten years from `end`, as `next(after:in:)` looks ahead.
     public func fired(between start: Date, and end: Date, in timeZone: TimeZone) -> Date? {
-        let lower = start.timeIntervalSince1970, upper = end.timeIntervalSince1970
-        guard lower.isFinite, upper.isFinite, lower < upper else { return nil }
+        guard start.timeIntervalSince1970.isFinite, end.timeIntervalSince1970.isFinite else { return nil }
+        let upper = min(end.timeIntervalSince1970, Self.latest)
+        let lower = max(start.timeIntervalSince1970, upper - Double(Self.searchDays) * 86_400, Self.earliest - 1)
+        guard lower < upper else { return nil }
         let top = Int(upper.rounded(.down))
         let bottom = Int(lower.rounded(.down))
         // Wall times whose instant is at or before `end` lie at or before `end` read with the largest
