@@ -1,0 +1,121 @@
+import Foundation
+
+/// One protection policy: what to back up (`sources`), how to make it consistent (`consistency`),
+/// where the recovery points go (`target`), when jobs run (`schedule`, `full`, `verify`) and how many
+/// points stay (`keep`). Loaded from a YAML file in `policies/` by `PolicyLoader`; README "Policies"
+/// documents every key.
+public struct Policy: Sendable, Equatable {
+    /// The policy's name (`[A-Za-z0-9._-]+`): job history and logs name jobs by it.
+    public var name: String
+    /// The machine protected (`[A-Za-z0-9._-]+`): it becomes the folder
+    /// `<target>/BulwarkBackup/<machine>/`, so it must be a safe file name on Linux and on SMB shares.
+    public var machine: String
+    /// The disks captured, at least one.
+    public var sources: [PolicySource]
+    public var consistency: ConsistencySettings
+    /// A local absolute path, or `smb://host/share[/path]` (only its shape is checked here: the share
+    /// is reached by the replication and target code).
+    public var target: String
+    /// When scheduled jobs run; nil: manual jobs only.
+    public var schedule: CalendarEvent?
+    /// When a scheduled run is a full backup instead of an incremental one.
+    public var full: CalendarEvent?
+    public var keep: KeepRules
+    /// When the scheduled verify job runs; nil: no scheduled verify.
+    public var verify: CalendarEvent?
+    public var retry: RetrySettings
+    /// The file the policy was loaded from (nil when parsed from a string without one).
+    public var file: String?
+
+    public init(name: String, machine: String, sources: [PolicySource], consistency: ConsistencySettings = ConsistencySettings(),
+                target: String, schedule: CalendarEvent? = nil, full: CalendarEvent? = nil, keep: KeepRules = KeepRules(),
+                verify: CalendarEvent? = nil, retry: RetrySettings = RetrySettings(), file: String? = nil) {
+        self.name = name
+        self.machine = machine
+        self.sources = sources
+        self.consistency = consistency
+        self.target = target
+        self.schedule = schedule
+        self.full = full
+        self.keep = keep
+        self.verify = verify
+        self.retry = retry
+        self.file = file
+    }
+}
+
+/// One thing a policy captures. YAML: `- disk: PATH`.
+public enum PolicySource: Sendable, Equatable {
+    /// A VHD, VHDX or raw image file, or a block device (`/dev/vg0/data`), by absolute path.
+    case disk(String)
+
+    /// The path the source names.
+    public var path: String {
+        switch self { case let .disk(path): path }
+    }
+}
+
+/// How a point-in-time copy is made consistent. YAML key `consistency`.
+public struct ConsistencySettings: Sendable, Equatable {
+    /// Writers frozen around the copy, in order (thawed in reverse).
+    public var writers: [WriterSpec]
+    /// How the point-in-time copy is taken. Default `auto`.
+    public var provider: ProviderKind
+    /// Whether a job may go on with a crash-consistent copy when a writer fails to freeze (key
+    /// `allow-crash-consistent`). Default false: the job fails instead, so a point is never silently
+    /// weaker than the policy promises.
+    public var allowCrashConsistent: Bool
+    /// The longest time writers stay frozen, in seconds (key `hold-timeout`). Default 10, as VSS.
+    public var holdTimeout: Double
+    /// Where point-in-time copies are made (key `snapshot-dir`); nil: the job decides (next to the
+    /// source, so reflinks work).
+    public var snapshotDirectory: String?
+
+    public init(writers: [WriterSpec] = [], provider: ProviderKind = .auto, allowCrashConsistent: Bool = false,
+                holdTimeout: Double = 10, snapshotDirectory: String? = nil) {
+        self.writers = writers
+        self.provider = provider
+        self.allowCrashConsistent = allowCrashConsistent
+        self.holdTimeout = holdTimeout
+        self.snapshotDirectory = snapshotDirectory
+    }
+}
+
+/// A writer to freeze. YAML forms: `{qga: SOCKET}`, `{qga: SOCKET, mountpoints: [/, /var]}`,
+/// `{hook: PATH}`, `{hook: PATH, timeout: 30s}`, `{fsfreeze: /mnt/data}`.
+public enum WriterSpec: Sendable, Equatable {
+    /// The QEMU guest agent on `socket`; `mountpoints` empty: the agent freezes every filesystem.
+    case qga(socket: String, mountpoints: [String])
+    /// A hook script run with `freeze` and `thaw`; `timeout` nil: the coordinator's default.
+    case hook(path: String, timeout: Double?)
+    /// A host filesystem frozen with FIFREEZE.
+    case fsfreeze(mountpoint: String)
+}
+
+/// How the point-in-time copy is taken (the ShadowCopy providers).
+public enum ProviderKind: String, Sendable, Equatable, CaseIterable {
+    /// Reflink where the filesystem allows it, else a copy while frozen, or a differencing child for
+    /// VHDX sources Bulwark manages.
+    case auto
+    /// A FICLONE reflink (btrfs, xfs): instant, fails where unsupported.
+    case reflink
+    /// A full copy while writers are frozen: slow, works everywhere.
+    case copy
+    /// A new differencing child takes the writes; the frozen parent is the point.
+    case differencing
+    /// No copy: the job reads the source as it is, so the point is crash-consistent at best.
+    case none
+}
+
+/// What happens when a scheduled job fails. YAML: `retry: {attempts: 2, delay: 5m}`.
+public struct RetrySettings: Sendable, Equatable {
+    /// How many more times a failed scheduled job is run (0: never retried). Default 2.
+    public var attempts: Int
+    /// Seconds between a failure and the next attempt. Default 300.
+    public var delay: Double
+
+    public init(attempts: Int = 2, delay: Double = 300) {
+        self.attempts = attempts
+        self.delay = delay
+    }
+}
