@@ -5,54 +5,13 @@ import TestSupport
 import VirtualDisk
 import Storage
 
-extension LoopVolume {
-    /// Whether a write into the volume completes within `seconds` (run in a child that is not waited
-    /// on: a write into a frozen filesystem blocks uninterruptibly until the thaw).
-    func writeCompletes(within seconds: Double, name: String = "probe") -> Bool {
-        let marker = dir.file("\(name)-done-\(UUID().uuidString.prefix(6))")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = ["-c", "echo data > '\(file(name))' && touch '\(marker)'"]
-        try? p.run()
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if FileManager.default.fileExists(atPath: marker) { return true }
-            usleep(10_000)
-        }
-        return FileManager.default.fileExists(atPath: marker)
-    }
-}
-
-/// A real qemu-ga serving a unix socket in a temporary folder.
-final class QemuAgent: @unchecked Sendable {
-    let dir: TempDir
-    let socket: String
-    private let process = Process()
-
-    init() throws {
-        dir = try TempDir("bulwark-qga")
-        socket = dir.file("qga.sock")
-        let state = dir.file("state")
-        try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
-        process.executableURL = URL(fileURLWithPath: TestEnv.which("qemu-ga") ?? "/usr/sbin/qemu-ga")
-        process.arguments = ["-m", "unix-listen", "-p", socket, "-t", state]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        for _ in 0..<200 where !FileManager.default.fileExists(atPath: socket) { usleep(10_000) }
-        guard FileManager.default.fileExists(atPath: socket) else { throw TestFailure("qemu-ga did not create \(socket)") }
-    }
-
+extension QemuAgent {
     /// guest-fsfreeze-status through a fresh connection.
     func status() throws -> String {
         let c = try GuestAgentClient(socket: socket, timeout: 3)
         defer { c.close() }
         return try c.freezeStatus()
     }
-
-    func stop() { stopProcess(process) }
-
-    deinit { stop() }
 }
 
 /// A unix socket server that accepts connections and never answers (a hung guest agent).
@@ -138,20 +97,6 @@ func makeDisk(_ path: String, size: Int, seed: UInt64 = 1) throws -> Data {
 }
 
 /// Whether we can run the tests that mount and freeze (root, tools).
-func realPrerequisites(_ tools: String...) throws -> Bool {
-    guard try TestEnv.prerequisite(TestEnv.isRoot, "root (loop devices, mounts, freezing)") else { return false }
-    for t in tools { guard try TestEnv.tools(t) else { return false } }
-    return true
-}
-
-/// Stops a child started with Foundation's Process: SIGKILL, because Process children inherit the
-/// spawning thread's blocked signal mask (SIGTERM stays pending), then waits for it.
-func stopProcess(_ p: Process) {
-    guard p.isRunning else { return }
-    kill(p.processIdentifier, SIGKILL)
-    p.waitUntilExit()
-}
-
 /// Whether `pid` is gone (or a zombie nobody reaped).
 func isGone(_ pid: Int32) -> Bool {
     guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return true }

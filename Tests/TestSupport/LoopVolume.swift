@@ -50,6 +50,24 @@ public final class LoopVolume: @unchecked Sendable {
     deinit { cleanup() }
 }
 
+extension LoopVolume {
+    /// Whether a write into the volume completes within `seconds` (run in a child that is not waited
+    /// on: a write into a frozen filesystem blocks uninterruptibly until the thaw).
+    public func writeCompletes(within seconds: Double, name: String = "probe") -> Bool {
+        let marker = dir.file("\(name)-done-\(UUID().uuidString.prefix(6))")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", "echo data > '\(file(name))' && touch '\(marker)'"]
+        try? p.run()
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if FileManager.default.fileExists(atPath: marker) { return true }
+            usleep(10_000)
+        }
+        return FileManager.default.fileExists(atPath: marker)
+    }
+}
+
 /// The absolute path of a system program (the test runner's PATH may lack the system folders).
 public func sys(_ tool: String) -> String {
     for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] where FileManager.default.isExecutableFile(atPath: "\(dir)/\(tool)") {

@@ -89,11 +89,19 @@ public enum PruneOperation {
         }
         let verdicts = Dictionary(policy.keep.evaluate(candidates, in: timeZone).map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         let childOf = Dictionary(mine.compactMap { e in e.parent.map { ($0, e.version) } }, uniquingKeysWith: { a, _ in a })
+        let protected = Set(mine.filter(\.protected).map(\.version))
         return mine.reversed().map { entry in
             let verdict = verdicts[entry.version]
+            let child = childOf[entry.version]
+            // Folding changes the child's files: a protected child is never changed, so the point it
+            // depends on stays.
+            if verdict?.keep == false, let child, protected.contains(child) {
+                return PruneDecision(version: entry.version, time: entry.time, kind: entry.kind, keep: true,
+                                     rule: "protected point \(child) depends on it", foldedInto: nil)
+            }
             let keep = verdict?.keep ?? true
             return PruneDecision(version: entry.version, time: entry.time, kind: entry.kind, keep: keep,
-                                 rule: verdict?.rule ?? "not evaluated", foldedInto: keep ? nil : childOf[entry.version])
+                                 rule: verdict?.rule ?? "not evaluated", foldedInto: keep ? nil : child)
         }
     }
 }

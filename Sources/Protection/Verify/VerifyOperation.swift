@@ -81,20 +81,19 @@ public enum VerifyOperation {
         for disk in manifest.disks {
             let path = points.pointFolder(version).appending(disk.image)
             do {
-                let (size, digest) = try DiskCapture.fileDigest(path, in: space, progress: options.progress)
-                result.bytesRead += size
-                guard size == disk.imageSize, digest == disk.imageSHA256 else {
-                    result.ok = false
-                    result.badDisk = disk.index
-                    result.problem = "\(disk.image): the file is \(size) bytes with SHA-256 \(digest); the manifest has \(disk.imageSize) bytes, \(disk.imageSHA256)"
-                    return result
-                }
                 let chain = try DiskChain.open(path, in: space)
                 defer { try? chain.close() }
                 guard chain.leaf.virtualSize == disk.virtualSize else {
                     result.ok = false
                     result.badDisk = disk.index
                     result.problem = "\(disk.image): the chain reads a \(chain.leaf.virtualSize)-byte disk; the manifest says \(disk.virtualSize)"
+                    return result
+                }
+                let expected = Int((disk.virtualSize + UInt64(disk.chunkSize) - 1) / UInt64(max(1, disk.chunkSize)))
+                guard disk.chunkSize > 0, disk.chunks.count == expected else {
+                    result.ok = false
+                    result.badDisk = disk.index
+                    result.problem = "the manifest lists \(disk.chunks.count) checksums for disk \(disk.index); a \(disk.virtualSize)-byte disk has \(expected)"
                     return result
                 }
                 let assembler = ChunkAssembler(chunkSize: disk.chunkSize, virtualSize: disk.virtualSize)
@@ -118,6 +117,16 @@ public enum VerifyOperation {
                     result.badDisk = disk.index
                     result.badRange = range
                     result.problem = "disk \(disk.index) bytes \(range.lowerBound)..<\(range.upperBound) (chunk \(i)) read back with SHA-256 \(digest); the manifest has \(disk.chunks[i])"
+                    return result
+                }
+                // The virtual disk reads right; the file itself must also be the one the manifest
+                // names (replication and restore check files by their digest).
+                let (size, digest) = try DiskCapture.fileDigest(path, in: space, progress: options.progress)
+                result.bytesRead += size
+                guard size == disk.imageSize, digest == disk.imageSHA256 else {
+                    result.ok = false
+                    result.badDisk = disk.index
+                    result.problem = "\(disk.image): the file is \(size) bytes with SHA-256 \(digest); the manifest has \(disk.imageSize) bytes, \(disk.imageSHA256)"
                     return result
                 }
             } catch let e as OperationCancelled {

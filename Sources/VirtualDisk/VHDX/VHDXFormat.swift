@@ -66,7 +66,14 @@ public enum VHDXFormat: DiskImageFormat, CheckableFormat {
         let batOffset = 3 * mib
         let batLength = VHDXSize.roundUp(max(geometry.reservedEntryCount * 8, 1), mib)
         let dataStart = batOffset + batLength
-        let end = options.type == .fixed ? dataStart + geometry.payloadBlocks * UInt64(blockSize) : dataStart
+        // A differencing image gets its sector bitmap blocks (zeroed: every sector in the parent) at
+        // creation. The spec allows them absent, but libvhdi (20210425, Debian 12) then reads the
+        // bitmap of every chunk without one as garbage and returns zeros for parent data; with them
+        // present every reader agrees. The cost is 1 MiB per chunk (4 GiB of disk at 512-byte
+        // sectors), sparse where the store has holes.
+        let bitmapStart = dataStart
+        let bitmapBytes = differencing ? geometry.bitmapBlocks * mib : 0
+        let end = options.type == .fixed ? dataStart + geometry.payloadBlocks * UInt64(blockSize) : dataStart + bitmapBytes
 
         do {
             try store.truncate(to: end)
@@ -86,6 +93,14 @@ public enum VHDXFormat: DiskImageFormat, CheckableFormat {
                 }
                 var bytes = [UInt8](repeating: 0, count: entries.count * 8)
                 for (i, e) in entries.enumerated() where e != 0 { bytes.setLE64(i * 8, e) }
+                try store.write(bytes, at: batOffset)
+            }
+            if differencing {
+                var bytes = [UInt8](repeating: 0, count: Int(geometry.reservedEntryCount) * 8)
+                for chunk in 0..<geometry.bitmapBlocks {
+                    bytes.setLE64(geometry.bitmapIndex(chunk: chunk) * 8,
+                                  VHDXBATEntry(state: VHDXBitmapState.present, fileOffset: bitmapStart + chunk * mib).raw)
+                }
                 try store.write(bytes, at: batOffset)
             }
             var header = VHDXHeader(sequenceNumber: 0, fileWriteGuid: UUID(), dataWriteGuid: UUID(), logGuid: VHDXGUID.zero,
