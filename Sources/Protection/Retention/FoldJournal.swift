@@ -11,7 +11,8 @@ import VirtualDisk
 ///    crash-safe, resumable; it re-points the grandchild to the merged image);
 /// 2. move the merged image into the child's folder under the child's image name;
 /// 3. re-point the grandchild's image to it (its relative locator names the child's folder again);
-/// 4. publish the child's next manifest revision (parent, kind, image sizes and digests);
+/// 4. publish the next manifest revisions of the grandchild (new file digests) and of the child
+///    (parent, kind, image sizes and digests);
 /// 5. remove the removed point (manifest first), then the journal.
 struct FoldJournal: Codable {
     var remove: String
@@ -20,6 +21,9 @@ struct FoldJournal: Codable {
     var grandchild: String?
     /// The child's manifest revision before the fold; the fold publishes the next one.
     var childRevision: Int
+    /// The grandchild's revision before the fold: re-pointing it changes its image file, so it gets
+    /// a new revision too (same virtual disk, new file digests).
+    var grandchildRevision: Int?
 
     static let name = "prune.json"
 
@@ -29,7 +33,8 @@ struct FoldJournal: Codable {
         }
         let listing = try points.listing()
         let grandchild = listing.first { $0.parent == child }?.version
-        let journal = FoldJournal(remove: remove, into: child, grandchild: grandchild, childRevision: try points.manifest(child).revision)
+        let journal = FoldJournal(remove: remove, into: child, grandchild: grandchild, childRevision: try points.manifest(child).revision,
+                                  grandchildRevision: try grandchild.map { try points.manifest($0).revision })
         try points.target.publish(try RecoveryPoints.encode(journal), at: points.folder.appending(name))
         try journal.finish(points: points, lease: lease, log: log)
     }
@@ -78,7 +83,23 @@ struct FoldJournal: Codable {
                 childManifest.disks[i].imageSHA256 = digest
                 childManifest.disks[i].parentImage = old.disks[i].parentImage
             }
-            // Step 4: the child's next revision.
+            // Step 4: the grandchild's and the child's next revisions (the grandchild's first: the
+            // child's is what marks the fold done).
+            if let grandchild, let base = grandchildRevision {
+                var m = try points.manifest(grandchild)
+                if m.revision <= base {
+                    for (i, disk) in m.disks.enumerated() {
+                        let (size, digest) = try DiskCapture.fileDigest(points.pointFolder(grandchild).appending(disk.image), in: space)
+                        m.disks[i].imageSize = size
+                        m.disks[i].imageSHA256 = digest
+                    }
+                    m.revision = base + 1
+                    m.notes.append("revision \(m.revision): its parent \(into) took over the data of \(remove), removed by retention; the image now names it again")
+                    try lease.check()
+                    try points.publish(m)
+                }
+            }
+            // The child's next revision.
             if childManifest.revision < newRevision {
                 childManifest.revision = newRevision
                 childManifest.kind = old.kind
