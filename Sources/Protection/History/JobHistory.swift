@@ -177,7 +177,7 @@ public final class JobHistory: Sendable {
 
     // MARK: Jobs
 
-    /// Inserts `record` and returns it with its id. A record without `pid`, `host` or `bootID` gets
+    /// Inserts `record` and returns it as stored, with its id. A record without `pid`, `host` or `bootID` gets
     /// this process's.
     @discardableResult
     public func insert(_ record: JobRecord) throws -> JobRecord {
@@ -189,7 +189,8 @@ public final class JobHistory: Sendable {
         let done = try write("insert a job") { db -> JobRecord in
             var r = record
             try r.insert(db)
-            return r
+            // Read back as stored, so the caller's copy compares equal to what `record(id:)` gives.
+            return try JobRecord.fetchOne(db, key: r.id) ?? r
         }
         if let id = done.id { inserted.withLock { _ = $0.insert(id) } }
         return done

@@ -114,8 +114,10 @@ public struct JobRecord: Codable, Sendable, Equatable, Identifiable {
 extension JobRecord: FetchableRecord, MutablePersistableRecord {
     public static let databaseTableName = "job"
 
-    /// Dates are stored as seconds since 1970 (REAL), not GRDB's default text with milliseconds: a
-    /// record then reads back equal to what was written, and the scheduler's marks compare exactly.
+    /// Dates are stored as seconds since 1970 (REAL), not GRDB's default text with milliseconds: any
+    /// SQLite tool reads them (`datetime(queued, 'unixepoch')`) and they keep sub-microsecond precision
+    /// (a `Date` is a Double since 2001, so the shift to 1970 may change its last bit: compare records
+    /// as `insert` returns them, read back).
     public static func databaseDateEncodingStrategy(for column: String) -> DatabaseDateEncodingStrategy {
         .timeIntervalSince1970
     }
