@@ -214,3 +214,30 @@ import Testing
         #expect(h.capture.text.contains("[db] added: backup"))
     }
 }
+
+/// Real signals to this process: SIGHUP reloads, SIGTERM stops. Safe in a test run: while the daemon
+/// handles them both are ignored by the process (their dispatch sources get them), and the default
+/// actions come back only after `run()` has returned.
+@Suite(.serialized) struct DaemonSignalTests {
+    @Test func sighupReloadsAndSigtermStops() async throws {
+        let dir = try TempDir("daemon-signals")
+        let history = try JobHistory(stateDirectory: dir.path)
+        let capture = LogCapture()
+        let receiver = try DatagramReceiver(dir.file("notify.sock"))
+        let loads = Mutex(0)
+        let daemon = Daemon(history: history, logger: capture.logger(), notifier: SystemdNotifier(environment: ["NOTIFY_SOCKET": receiver.address]),
+                            loadPolicies: { loads.withLock { $0 += 1 }; return [] }, runJob: { _ in JobOutcome(status: .ok) })
+        let task = Task { try await daemon.run(handlingSignals: true) }
+        #expect(await eventually { capture.text.contains("started with 0 policies") })
+        try await Task.sleep(for: .milliseconds(50))
+        kill(getpid(), SIGHUP)
+        #expect(await eventually { capture.text.contains("reloaded the policies: nothing changed") })
+        #expect(loads.withLock { $0 } == 2)
+        kill(getpid(), SIGTERM)
+        try await task.value
+        #expect(capture.text.contains("stopped"))
+        let messages = receiver.drain()
+        #expect(messages.contains { $0.hasPrefix("RELOADING=1") })
+        #expect(messages.contains { $0.hasPrefix("STOPPING=1") })
+    }
+}

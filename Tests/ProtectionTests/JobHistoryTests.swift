@@ -60,7 +60,9 @@ func isWAL(_ path: String) throws -> Bool {
         let attributes = try FileManager.default.attributesOfItem(atPath: history.path)
         #expect((attributes[.posixPermissions] as? Int) == 0o600)
         #expect(try isWAL(history.path))
+        chmod(history.path, 0o644)
         let reader = try JobHistory(stateDirectory: dir.file("state"))
+        #expect((try FileManager.default.attributesOfItem(atPath: history.path)[.posixPermissions] as? Int) == 0o600)
         #expect(try reader.list().count == 4)
         // JSON for `jobs show --json` carries every field.
         let json = String(decoding: try JSONEncoder().encode(full), as: UTF8.self)

@@ -72,6 +72,24 @@ public struct DaemonError: Error, CustomStringConvertible, Sendable {
 /// The job runner is a closure so this type knows nothing of how a backup is made: it gets the
 /// `DueJob` (with its history row id in `record`) and returns a `JobOutcome`; on cancellation it should
 /// stop soon and return `.canceled`.
+///
+/// Signals: while `run(handlingSignals: true)` runs, SIGHUP, SIGTERM and SIGINT are ignored by the
+/// process and reach the daemon through dispatch sources. An ignored signal stays ignored across
+/// `exec`, so a job must start its child processes with default dispositions and an empty mask (as
+/// ShadowCopy's spawn does); Foundation's `Process` passes both on, and its children would ignore
+/// SIGTERM.
+///
+/// Wiring, for the `daemon` command:
+/// ```swift
+/// let environment = ProcessInfo.processInfo.environment
+/// LoggingSystem.bootstrap { JournalLogHandler(label: $0, environment: environment) }
+/// let daemon = Daemon(history: try JobHistory(stateDirectory: stateDirectory),
+///                     logger: Logger(label: "bulwark.daemon"),
+///                     notifier: SystemdNotifier(environment: environment),
+///                     loadPolicies: { try policies(in: folder).map(ScheduledPolicy.init) },
+///                     runJob: { job in await runner.run(job) })
+/// try await daemon.run()   // returns after SIGTERM: exit 0
+/// ```
 public actor Daemon {
     private enum Event: Sendable {
         case timer(Int)
@@ -82,7 +100,7 @@ public actor Daemon {
     }
 
     private let history: JobHistory
-    private var logger: Logger
+    private let logger: Logger
     private let notifier: SystemdNotifier
     private let clock: DaemonClock
     private let recheckInterval: TimeInterval

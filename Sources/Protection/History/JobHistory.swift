@@ -104,6 +104,10 @@ public final class JobHistory: Sendable {
             throw HistoryError(path: file, reason: "cannot be opened for writing: \(String(cString: strerror(e))) (errno \(e))",
                                fix: "make the state folder and the file writable by the user that runs bulwark (it needs 0700 on the folder, 0600 on the file), or pass another --state-dir")
         }
+        // An older file readable by others (copied in, or made under another umask) is made private:
+        // job errors name hosts, paths and shares.
+        var st = stat()
+        if fstat(fd, &st) == 0, st.st_mode & 0o077 != 0 { _ = fchmod(fd, 0o600) }
         close(fd)
     }
 
