@@ -1,5 +1,5 @@
 import Foundation
-import Protection
+@testable import Protection
 import Storage
 import TestSupport
 import Testing
@@ -60,6 +60,9 @@ func isWAL(_ path: String) throws -> Bool {
         let attributes = try FileManager.default.attributesOfItem(atPath: history.path)
         #expect((attributes[.posixPermissions] as? Int) == 0o600)
         #expect(try isWAL(history.path))
+        let settings = try history.durabilitySettings()
+        #expect(settings.journalMode == "wal")
+        #expect(settings.synchronous == 2)
         chmod(history.path, 0o644)
         let reader = try JobHistory(stateDirectory: dir.file("state"))
         #expect((try FileManager.default.attributesOfItem(atPath: history.path)[.posixPermissions] as? Int) == 0o600)

@@ -57,14 +57,14 @@ public final class JobHistory: Sendable {
         var config = Configuration()
         config.busyMode = .timeout(10)
         config.label = "bulwark.history"
-        config.prepareDatabase { db in
-            // FULL: fsync the WAL at every commit, so a committed job row survives a power cut too.
-            try db.execute(sql: "PRAGMA synchronous = FULL")
-        }
         let pool: DatabasePool
         do {
             // A DatabasePool puts the database in WAL mode.
             pool = try DatabasePool(path: path, configuration: config)
+            // FULL: fsync the WAL at every commit, so a committed job row survives a power cut too.
+            // Set here, on the pool's one writer connection: GRDB sets NORMAL on it after
+            // `prepareDatabase` runs, so a setting made there does not last.
+            try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
             try pool.write { db in
                 let check = try String.fetchOne(db, sql: "PRAGMA quick_check") ?? "no answer"
                 if check != "ok" { throw HistoryError(path: path, reason: "the database is damaged (quick_check: \(check))", fix: Self.corruptFix(path)) }
@@ -177,6 +177,13 @@ public final class JobHistory: Sendable {
 
     private func read<T>(_ operation: String, _ body: (Database) throws -> T) throws -> T {
         do { return try pool.read(body) } catch let error as DatabaseError { throw Self.explain(error, path: path, operation: operation) }
+    }
+
+    /// The connection settings durability rests on (`journal_mode`, `synchronous`: 2 is FULL), for tests.
+    func durabilitySettings() throws -> (journalMode: String, synchronous: Int) {
+        try pool.write { db in
+            (try String.fetchOne(db, sql: "PRAGMA journal_mode") ?? "", try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1)
+        }
     }
 
     // MARK: Jobs
