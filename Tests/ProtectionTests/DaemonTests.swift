@@ -215,29 +215,53 @@ import Testing
     }
 }
 
-/// Real signals to this process: SIGHUP reloads, SIGTERM stops. Safe in a test run: while the daemon
-/// handles them both are ignored by the process (their dispatch sources get them), and the default
-/// actions come back only after `run()` has returned.
-@Suite(.serialized) struct DaemonSignalTests {
-    @Test func sighupReloadsAndSigtermStops() async throws {
+/// Real signals, to a daemon in a child process (this test bundle re-run with only
+/// `daemonSignalChild`), so the test run's own signal dispositions are never touched: SIGHUP reloads
+/// (RELOADING=1, then READY=1), SIGTERM stops (STOPPING=1) and the process exits 0.
+@Suite struct DaemonSignalTests {
+    @Test func sighupReloadsAndSigtermStopsTheProcess() throws {
         let dir = try TempDir("daemon-signals")
-        let history = try JobHistory(stateDirectory: dir.path)
-        let capture = LogCapture()
         let receiver = try DatagramReceiver(dir.file("notify.sock"))
-        let loads = Mutex(0)
-        let daemon = Daemon(history: history, logger: capture.logger(), notifier: SystemdNotifier(environment: ["NOTIFY_SOCKET": receiver.address]),
-                            loadPolicies: { loads.withLock { $0 += 1 }; return [] }, runJob: { _ in JobOutcome(status: .ok) })
-        let task = Task { try await daemon.run(handlingSignals: true) }
-        #expect(await eventually { capture.text.contains("started with 0 policies") })
-        try await Task.sleep(for: .milliseconds(50))
-        kill(getpid(), SIGHUP)
-        #expect(await eventually { capture.text.contains("reloaded the policies: nothing changed") })
-        #expect(loads.withLock { $0 } == 2)
-        kill(getpid(), SIGTERM)
-        try await task.value
-        #expect(capture.text.contains("stopped"))
-        let messages = receiver.drain()
-        #expect(messages.contains { $0.hasPrefix("RELOADING=1") })
-        #expect(messages.contains { $0.hasPrefix("STOPPING=1") })
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
+        child.arguments = ["--testing-library", "swift-testing", "--filter", "daemonSignalChild"]
+        child.environment = ProcessInfo.processInfo.environment.merging(
+            ["BULWARK_DAEMON_SIGNAL_CHILD": dir.path, "NOTIFY_SOCKET": receiver.address]) { $1 }
+        child.standardOutput = FileHandle.nullDevice
+        child.standardError = FileHandle.nullDevice
+        try child.run()
+        defer { if child.isRunning { kill(child.processIdentifier, SIGKILL); child.waitUntilExit() } }
+        /// The next datagram with `prefix`, skipping STATUS= lines.
+        func next(_ prefix: String) -> String? {
+            while let m = receiver.receive(timeout: 30) { if m.hasPrefix(prefix) { return m } }
+            return nil
+        }
+        #expect(next("READY=1") != nil)
+        kill(child.processIdentifier, SIGHUP)
+        #expect(next("RELOADING=1\nMONOTONIC_USEC=") != nil)
+        #expect(next("READY=1") != nil)
+        kill(child.processIdentifier, SIGTERM)
+        #expect(next("STOPPING=1") != nil)
+        child.waitUntilExit()
+        #expect(child.terminationReason == .exit)
+        #expect(child.terminationStatus == 0)
+        let log = (try? String(contentsOfFile: dir.file("log"), encoding: .utf8)) ?? ""
+        #expect(log.contains("reloaded the policies: nothing changed"), "\(log)")
+        #expect(log.contains("stopped"))
+    }
+
+    /// The daemon of `sighupReloadsAndSigtermStopsTheProcess`; does nothing unless run by it.
+    @Test func daemonSignalChild() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        guard let dir = environment["BULWARK_DAEMON_SIGNAL_CHILD"] else { return }
+        let history = try JobHistory(stateDirectory: dir)
+        guard FileManager.default.createFile(atPath: dir + "/log", contents: nil),
+              let log = FileHandle(forWritingAtPath: dir + "/log") else { throw TestFailure("cannot create \(dir)/log") }
+        let logger = Logger(label: "child") { label in
+            JournalLogHandler(label: label, format: .plain, write: { log.write(Data($0.utf8)) })
+        }
+        let daemon = Daemon(history: history, logger: logger, notifier: SystemdNotifier(environment: environment),
+                            loadPolicies: { [ScheduledPolicy(name: "web", backup: daily(2))] }, runJob: { _ in JobOutcome(status: .ok) })
+        try await daemon.run(handlingSignals: true)
     }
 }
