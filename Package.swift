@@ -59,7 +59,7 @@ let package = Package(
         .testTarget(name: "ShadowCopyTests", dependencies: ["Storage", "ShadowCopy", "VirtualDisk", "TestSupport"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSMBClient", "CBlkid", "CArchive", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "Storage", "VirtualDisk"]),
-        .testTarget(name: "ProtectionTests", dependencies: ["TestSupport", "Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", yams]),
+        .testTarget(name: "ProtectionTests", dependencies: ["TestSupport", "Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", yams, logging]),
     ],
     swiftLanguageModes: [.v6]
 )
