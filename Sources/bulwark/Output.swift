@@ -91,6 +91,11 @@ final class ProgressBar: @unchecked Sendable {
         }
     }
 
+    /// Prints a line of the job log above the bar (the bar redraws at the next update).
+    func note(_ line: String) {
+        if interactive { Output.err("\r\u{1B}[K" + line + "\n") } else { Output.note(line) }
+    }
+
     /// Ends the bar line.
     func finish() {
         guard !finished else { return }

@@ -33,8 +33,8 @@ func isWAL(_ path: String) throws -> Bool {
         let verify = try history.insert(JobRecord(policy: "web", kind: .verify, status: .failed, trigger: .schedule,
                                                    queued: t.addingTimeInterval(100), started: t.addingTimeInterval(100), error: "bad block"))
         #expect(verify.pid == getpid())
-        #expect(verify.host == JobHistory.hostName)
-        #expect(verify.bootID == JobHistory.bootID)
+        #expect(verify.host == ProcessState.hostName)
+        #expect(verify.bootID == ProcessState.bootID)
         let db = try history.insert(JobRecord(policy: "db", kind: .backup, status: .failed, trigger: .manual,
                                               queued: t.addingTimeInterval(200), started: t.addingTimeInterval(200)))
         let queued = try history.insert(JobRecord(policy: "web", kind: .backup, status: .queued, trigger: .retry, queued: t.addingTimeInterval(300)))
@@ -110,7 +110,7 @@ func isWAL(_ path: String) throws -> Bool {
         // and a test runs on a thread that blocks SIGTERM.
         defer { kill(sleeper.processIdentifier, SIGKILL); sleeper.waitUntilExit() }
 
-        let host = JobHistory.hostName, boot = JobHistory.bootID
+        let host = ProcessState.hostName, boot = ProcessState.bootID
         func row(_ status: JobStatus, pid: Int32, host: String = host, boot: String? = boot) throws -> JobRecord {
             try history.insert(JobRecord(policy: "web", kind: .backup, status: status, trigger: .schedule, queued: Date(), started: Date(),
                                          pid: pid, host: host, bootID: boot))

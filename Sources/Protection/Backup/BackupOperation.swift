@@ -9,6 +9,8 @@ import VirtualDisk
 public struct BackupOptions: Sendable {
     /// Make a full whatever the schedule says (`backup start --full`).
     public var forceFull: Bool
+    /// Why, for the point's notes (default: asked for with --full).
+    public var fullReason: String?
     /// Where the job keeps its own state (writer states, point-in-time copies by default).
     public var stateDirectory: FilePath
     /// The point's time (injected by tests; the clock otherwise).
@@ -22,9 +24,10 @@ public struct BackupOptions: Sendable {
     /// The freeze watchdog (nil: none, as in library tests).
     public var watchdog: WatchdogConfiguration?
 
-    public init(forceFull: Bool = false, stateDirectory: FilePath, now: Date? = nil, timeZone: TimeZone = .current,
+    public init(forceFull: Bool = false, fullReason: String? = nil, stateDirectory: FilePath, now: Date? = nil, timeZone: TimeZone = .current,
                 progress: ProgressReporter? = nil, log: (@Sendable (String) -> Void)? = nil, watchdog: WatchdogConfiguration? = nil) {
         self.forceFull = forceFull
+        self.fullReason = fullReason
         self.stateDirectory = stateDirectory
         self.now = now
         self.timeZone = timeZone
@@ -62,6 +65,9 @@ public struct BackupResult: Codable, Sendable, Equatable {
     public var bytesWritten: UInt64
     public var bytesChanged: UInt64
     public var seconds: Double
+    /// What the administrator should look at (a writer left out, a fall-back to crash-consistent);
+    /// a job with warnings ends `ok-with-warnings`. A crash-consistent point the policy asked for
+    /// (provider none) is not one.
     public var warnings: [String]
 }
 
@@ -166,7 +172,7 @@ public enum BackupOperation {
                             parent: plan.parent?.version, fullReason: plan.fullReason, consistency: snapshot.consistency.level,
                             provider: snapshot.provider, disks: summaries,
                             bytesRead: summaries.reduce(0) { $0 + $1.bytesRead }, bytesWritten: summaries.reduce(0) { $0 + $1.imageSize },
-                            bytesChanged: summaries.reduce(0) { $0 + $1.changedBytes }, seconds: Date().timeIntervalSince(started), warnings: plan.notes + snapshot.consistency.warnings)
+                            bytesChanged: summaries.reduce(0) { $0 + $1.changedBytes }, seconds: Date().timeIntervalSince(started), warnings: snapshot.jobWarnings)
     }
 }
 
@@ -184,7 +190,7 @@ struct BackupPlan: Sendable {
 
     static func make(policy: Policy, points: RecoveryPoints, sources: [String], options: BackupOptions, now: Date) throws -> BackupPlan {
         func full(_ reason: String) -> BackupPlan { BackupPlan(kind: .full, parent: nil, fullReason: reason, notes: ["full: \(reason)"]) }
-        if options.forceFull { return full("asked for (--full)") }
+        if options.forceFull { return full(options.fullReason ?? "asked for (--full)") }
         let mine = try points.listing().filter { $0.policy == policy.name }
         guard let newest = mine.last else { return full("the first point of policy \(policy.name) on this target") }
         if let v = newest.verification, !v.ok {

@@ -14,6 +14,9 @@ struct PointInTimeCopy {
     var newLeaves: [String?]
     var provider: String
     var consistency: ManifestConsistency
+    /// Warnings for the job's record: the snapshot's, unless the policy chose crash-consistent
+    /// points on purpose (provider none).
+    var jobWarnings: [String] { provider == "none" ? [] : consistency.warnings }
     /// The job folder holding reflink or copy files, removed by `cleanUp()`.
     var folder: FilePath?
 

@@ -195,8 +195,8 @@ public final class JobHistory: Sendable {
         var record = record
         record.id = nil
         if record.pid == nil { record.pid = getpid() }
-        if record.host == nil { record.host = Self.hostName }
-        if record.bootID == nil { record.bootID = Self.bootID }
+        if record.host == nil { record.host = ProcessState.hostName }
+        if record.bootID == nil { record.bootID = ProcessState.bootID }
         let done = try write("insert a job") { db -> JobRecord in
             var r = record
             try r.insert(db)
@@ -255,7 +255,7 @@ public final class JobHistory: Sendable {
     /// returns the rows as updated. Rows of other hosts are left alone: their processes cannot be seen.
     /// The daemon calls it on start, before it starts jobs.
     public func recoverInterrupted(now: Date = Date()) throws -> [JobRecord] {
-        let host = Self.hostName, boot = Self.bootID, me = getpid()
+        let host = ProcessState.hostName, boot = ProcessState.bootID, me = getpid()
         let mine = inserted.withLock { $0 }
         return try write("recover interrupted jobs") { db -> [JobRecord] in
             let open = try JobRecord.filter([JobStatus.queued.rawValue, JobStatus.running.rawValue].contains(Column("status"))).fetchAll(db)
@@ -264,7 +264,7 @@ public final class JobHistory: Sendable {
                 if let h = r.host, h != host { continue }
                 let pid = r.pid ?? 0
                 let live: Bool
-                if let b = r.bootID, let boot, b != boot {
+                if let b = r.bootID, b != boot {
                     live = false
                 } else if pid == me {
                     live = r.id.map(mine.contains) ?? false
@@ -312,18 +312,4 @@ public final class JobHistory: Sendable {
         }
     }
 
-    // MARK: Who we are
-
-    /// This machine's host name (as `gethostname` gives it).
-    public static var hostName: String {
-        var buffer = [CChar](repeating: 0, count: 256)
-        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    /// The kernel's id of this boot, or nil when it cannot be read.
-    public static var bootID: String? {
-        (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
-            .trimmingCharacters(in: .whitespacesAndNewlines)
-    }
 }

@@ -4,6 +4,9 @@ import Protection
 import Storage
 import SystemPackage
 import Targets
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct BackupCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -34,31 +37,41 @@ struct BackupStart: AsyncParsableCommand {
 
     func run() async throws {
         let loaded = try PolicyLoader.load(file: policy)
+        let history = try JobHistory(stateDirectory: state.directory.string)
         let bar = ProgressBar("backup")
         let reporter = bar.handler
         let interruption = Interruption(cancelling: reporter)
         defer { interruption.stop(); bar.finish() }
         let quiet = printing.json
-        let log: @Sendable (String) -> Void = { line in if !quiet { Output.note("backup: \(line)") } }
-        let outcome = try await JobRunner.backup(policy: loaded, options: BackupOptions(
-            forceFull: full, stateDirectory: state.directory, progress: reporter, log: log, watchdog: .default), prune: !noPrune, trigger: .manual)
+        let runner = JobRunner(stateDirectory: state.directory, watchdog: .default, progress: reporter,
+                               log: { _, line in if !quiet { bar.note("backup: \(line)") } })
+        let (job, result) = try await JobRunner.record(in: history, policy: loaded.name, kind: .backup, trigger: .manual) {
+            await runner.backup(loaded, full: full, prune: !noPrune)
+        }
         bar.finish()
-        if let cancelled = outcome.cancelled, cancelled {
+        if result.isCanceled {
             let signal = interruption.signal ?? SIGINT
-            Output.note("backup: stopped by \(Interruption.name(of: signal)); no point was made, the target is as it was (job \(outcome.job.id ?? 0))")
+            Output.note("backup: stopped by \(Interruption.name(of: signal)); no point was made, the target is as it was (job \(job.id ?? 0))")
             throw ExitCode(Interruption.exitCode(for: signal))
         }
-        if printing.json { try Output.json(outcome.job); if outcome.error != nil { throw ExitCode(ExitStatus.failed) }; return }
-        if let error = outcome.error { throw error }
-        guard let r = outcome.backup else { return }
+        if printing.json {
+            try Output.json(JobJSON(job))
+            if let error = result.error { throw Failure.exit(for: error, quiet: true) }
+            return
+        }
+        if let error = result.error {
+            Output.note("backup: job \(job.id ?? 0) \(job.status.rawValue)")
+            throw error
+        }
+        guard let r = result.backup else { return }
         let rate = r.seconds > 0 ? Double(r.bytesRead) / r.seconds : 0
         print("\(r.machine)/\(r.version): \(r.kind.rawValue)\(r.parent.map { " on \($0)" } ?? "") (\(r.consistency), \(r.provider)) in \(String(format: "%.1f", r.seconds)) s")
         if let why = r.fullReason { print("  full because \(why)") }
         for d in r.disks {
             print("  disk \(d.index) \(d.source): \(ByteCount.format(d.changedBytes)) changed of \(ByteCount.format(d.virtualSize)), image \(ByteCount.format(d.imageSize)) (changes from \(d.changeDetection))")
         }
-        print("  read \(ByteCount.format(r.bytesRead)) at \(ByteCount.format(UInt64(rate)))/s, stored \(ByteCount.format(r.bytesWritten)); job \(outcome.job.id ?? 0)")
-        for w in r.warnings { print("  note: \(w)") }
-        if let p = outcome.prune, !p.removed.isEmpty { print("  retention removed \(p.removed.joined(separator: ", "))") }
+        print("  read \(ByteCount.format(r.bytesRead)) at \(ByteCount.format(UInt64(rate)))/s, stored \(ByteCount.format(r.bytesWritten)); job \(job.id ?? 0) \(job.status.rawValue)")
+        for w in job.warnings { print("  warning: \(w)") }
+        if let p = result.prune, !p.removed.isEmpty { print("  retention removed \(p.removed.joined(separator: ", "))") }
     }
 }

@@ -19,10 +19,16 @@ struct PruneCommand: AsyncParsableCommand {
     func run() async throws {
         let loaded = try PolicyLoader.load(file: policy)
         let quiet = printing.json
-        let outcome = try await JobRunner.prune(policy: loaded, options: PruneOptions(dryRun: dryRun, log: { line in if !quiet { Output.note("prune: \(line)") } }),
-                                                stateDirectory: state.directory, trigger: .manual)
-        if let error = outcome.error, !printing.json { throw error }
-        guard let r = outcome.prune else { throw ExitCode(ExitStatus.failed) }
+        let runner = JobRunner(stateDirectory: state.directory, watchdog: nil, log: { _, line in if !quiet { Output.note("prune: \(line)") } })
+        let result: JobResult
+        if dryRun {
+            result = await runner.prune(loaded, dryRun: true)
+        } else {
+            let history = try JobHistory(stateDirectory: state.directory.string)
+            result = try await JobRunner.record(in: history, policy: loaded.name, kind: .prune, trigger: .manual) { await runner.prune(loaded) }.1
+        }
+        if let error = result.error { throw error }
+        guard let r = result.prune else { throw ExitCode(ExitStatus.failed) }
         if printing.json { try Output.json(r); return }
         print(Output.table(["VERSION", "KIND", "DECISION", "RULE"], r.decisions.map { d in
             [d.version, d.kind.rawValue, d.keep ? "keep" : (d.foldedInto.map { "remove (folded into \($0))" } ?? "remove"), d.rule]

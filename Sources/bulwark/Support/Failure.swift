@@ -3,6 +3,8 @@ import SystemPackage
 import Storage
 import ShadowCopy
 import VirtualDisk
+import Protection
+import Targets
 
 /// The exit status of every command, in one place (README "Exit codes" lists them). Scripts can tell
 /// a missing file from a damaged one from a busy one without parsing messages.
@@ -60,18 +62,6 @@ enum ExitStatus {
 /// Turns a library error into what the user sees: the library's message (the problem and the fix in
 /// the library's terms), then a hint line that names the command or flag to use, then the exit status.
 enum Failure {
-    static func report(_ error: DiskError) -> ExitCode {
-        Output.note("Error: \(error)")
-        for line in hints(for: error) { Output.note("hint: \(line)") }
-        return ExitCode(ExitStatus.of(error))
-    }
-
-    static func report(_ error: StorageError) -> ExitCode {
-        Output.note("Error: \(error)")
-        for line in hints(for: error) { Output.note("hint: \(line)") }
-        return ExitCode(ExitStatus.of(error))
-    }
-
     static func hints(for error: DiskError) -> [String] {
         switch error {
         case let .hasChildren(path, _):
@@ -92,12 +82,6 @@ enum Failure {
         default:
             return []
         }
-    }
-
-    static func report(_ error: ShadowCopyError) -> ExitCode {
-        Output.note("Error: \(error)")
-        for line in hints(for: error) { Output.note("hint: \(line)") }
-        return ExitCode(ExitStatus.failed)
     }
 
     static func hints(for error: ShadowCopyError) -> [String] {
@@ -132,6 +116,70 @@ enum Failure {
             return ["check what \(path) is (`ls -l`): only regular files and block devices are images"]
         default:
             return []
+        }
+    }
+}
+
+extension Failure {
+    /// Any error a command lets through: the library types get their message, hints and status;
+    /// others (swift-argument-parser's, `ExitCode`) pass on as they are. `quiet` leaves the message
+    /// out (a `--json` command already printed the failed job).
+    static func exit(for error: any Error, quiet: Bool = false) -> any Error {
+        func say(_ e: any Error, _ hints: [String] = []) {
+            guard !quiet else { return }
+            Output.note("Error: \(e)")
+            for line in hints { Output.note("hint: \(line)") }
+        }
+        switch error {
+        case let e as DiskError: say(e, hints(for: e)); return ExitCode(ExitStatus.of(e))
+        case let e as StorageError: say(e, hints(for: e)); return ExitCode(ExitStatus.of(e))
+        case let e as ShadowCopyError: say(e, hints(for: e)); return ExitCode(ExitStatus.failed)
+        case let e as PolicyError: say(e); return ExitCode(ExitStatus.usage)
+        case let e as ProtectionError: say(e, hints(for: e)); return ExitCode(ExitStatus.of(e))
+        case let e as TargetError: say(e, hints(for: e)); return ExitCode(ExitStatus.of(e))
+        case let e as HistoryError: say(e); return ExitCode(ExitStatus.ioError)
+        case is OperationCancelled: say(error); return ExitCode(ExitStatus.failed)
+        default: return error
+        }
+    }
+
+    static func hints(for error: ProtectionError) -> [String] {
+        switch error {
+        case let .policyInvalid(file, _): return ["`bulwark policy check \(file)` lists every problem with its line"]
+        case .snapshotFailed: return ["`bulwark writers list` shows each writer's state and last error"]
+        default: return []
+        }
+    }
+
+    static func hints(for error: TargetError) -> [String] {
+        switch error {
+        case let .leased(target, machine, _, _):
+            return ["`bulwark jobs list` shows the running jobs; a lease of a process that is gone is taken over by the next job on \(target) for \(machine)"]
+        case let .damaged(path, _):
+            return ["`bulwark verify --target TARGET` checks every point; a damaged catalog is rebuilt from the manifests by the next job (\(path))"]
+        default: return []
+        }
+    }
+}
+
+extension ExitStatus {
+    static func of(_ error: ProtectionError) -> Int32 {
+        switch error {
+        case .sourceMissing: notFound
+        case .crashConsistentRefused, .pruneRefused: refused
+        case .targetUnusable: ioError
+        case .snapshotFailed, .verifyFailed: failed
+        case .policyInvalid: usage
+        }
+    }
+
+    static func of(_ error: TargetError) -> Int32 {
+        switch error {
+        case .leased: busy
+        case .leaseLost: failed
+        case .damaged: corrupt
+        case .pointNotFound, .machineNotFound: notFound
+        case .invalidLocation: usage
         }
     }
 }
