@@ -96,20 +96,7 @@ public enum VerifyOperation {
                     result.problem = "the manifest lists \(disk.chunks.count) checksums for disk \(disk.index); a \(disk.virtualSize)-byte disk has \(expected)"
                     return result
                 }
-                let assembler = ChunkAssembler(chunkSize: disk.chunkSize, virtualSize: disk.virtualSize)
-                var bad: (Int, String)? = nil
-                func check(_ chunk: ChunkAssembler.Complete) throws {
-                    guard bad == nil else { return }
-                    let digest = chunk.isAllZero ? Digest.zeros(chunk.length) : chunk.withBytes { Digest.sha256($0) }
-                    if digest != disk.chunks[chunk.index] { bad = (chunk.index, digest) }
-                }
-                try ChainReader(chain, chunkSize: disk.chunkSize).forEach(progress: options.progress) { piece in
-                    switch piece {
-                    case let .data(offset, bytes): try assembler.add(data: bytes, at: offset, check)
-                    case let .hole(range): try assembler.add(hole: range, check)
-                    }
-                }
-                try assembler.flush(check)
+                let bad = try ChainDigests.firstMismatch(chain, disk: disk, progress: options.progress)
                 result.bytesRead += disk.virtualSize
                 if let (i, digest) = bad {
                     let range = disk.chunkRange(i)

@@ -1,0 +1,49 @@
+import ArgumentParser
+import Foundation
+import Recovery
+import Storage
+import SystemPackage
+import Targets
+import VirtualDisk
+
+struct RestoreCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "restore",
+        abstract: "Restore from a recovery point.",
+        subcommands: [RestoreDisk.self]
+    )
+}
+
+struct RestoreDisk: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "disk",
+        abstract: "Restore one disk of a recovery point into a new image file.",
+        discussion: "Reads the point's chain straight from the target, writes the image under a temporary name, reads it back against the manifest's checksums, and only then gives it its name. PATH must not exist."
+    )
+
+    @Option(help: ArgumentHelp("The target.", valueName: "url")) var target: String
+    @Option(help: ArgumentHelp("The machine (needed when the target holds several).", valueName: "name")) var machine: String?
+    @Option(help: ArgumentHelp("The version (`bulwark versions` lists them).", valueName: "version")) var version: String
+    @Option(help: "The disk's index in the point.") var disk: Int = 0
+    @Option(name: .customLong("to"), help: ArgumentHelp("The new image.", valueName: "path")) var destination: String
+    @Option(help: "raw, vhd or vhdx (default: from the extension; raw for others).") var format: DiskFormat?
+    @OptionGroup var printing: OutputOptions
+
+    func run() async throws {
+        let t = try Targets.open(target)
+        let machines = try RecoveryPoints.machines(on: t)
+        guard let machine = machine ?? (machines.count == 1 ? machines[0] : nil) else {
+            throw TargetError.machineNotFound(target: t.location, machine: "(give --machine)", known: machines)
+        }
+        let bar = ProgressBar("restore")
+        let reporter = bar.handler
+        let interruption = Interruption(cancelling: reporter)
+        defer { interruption.stop(); bar.finish() }
+        let options = DiskRestoreOptions(machine: machine, version: version, disk: disk, destination: FilePath(destination), format: format, progress: reporter)
+        let result = try await BlockingPool.disk.run { try DiskRestore.run(target: t, options: options) }
+        bar.finish()
+        if printing.json { try Output.json(result); return }
+        let rate = result.seconds > 0 ? Double(result.virtualSize) / result.seconds : 0
+        print("restored \(machine)/\(version) disk \(disk) -> \(result.destination) (\(result.format.rawValue), \(ByteCount.format(result.virtualSize)), \(ByteCount.format(result.bytesWritten)) written) in \(String(format: "%.1f", result.seconds)) s at \(ByteCount.format(UInt64(rate)))/s; checksums match the manifest")
+    }
+}
