@@ -49,7 +49,7 @@ public enum DiskRestore {
         guard let disk = manifest.disks.first(where: { $0.index == options.disk }) else {
             throw TargetError.pointNotFound(target: target.location, machine: options.machine, version: "\(options.version) disk \(options.disk) (the point has disks \(manifest.disks.map { String($0.index) }.joined(separator: ", ")))")
         }
-        let source = points.pointFolder(options.version).appending(disk.image)
+        let source = points.imagePath(options.version, disk: disk)
         let format = options.format ?? {
             let f = DiskFormat.fromExtension(of: options.destination)
             return f == .vhd || f == .vhdx ? f : .raw

@@ -110,6 +110,24 @@ public enum FileOps {
         try syncDirectory(of: path)
     }
 
+    /// Gives the file at `existing` a second name `path` (a hard link; `path` must not exist) and
+    /// makes it durable: a file that must stay reachable under its old name while it gains a new one.
+    public static func link(_ existing: FilePath, as path: FilePath) throws {
+        guard Glibc.link(existing.string, path.string) == 0 else {
+            let e = Errno(rawValue: errno)
+            if e == .fileExists { throw StorageError.exists(path: path.string) }
+            throw StorageError.io(path: existing.string, operation: "link as \(path.string)", errno: e)
+        }
+        try syncDirectory(of: path)
+    }
+
+    /// Whether two paths name the same file (same device and inode).
+    public static func sameFile(_ a: FilePath, _ b: FilePath) -> Bool {
+        var sa = stat(), sb = stat()
+        guard stat(a.string, &sa) == 0, stat(b.string, &sb) == 0 else { return false }
+        return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino
+    }
+
     /// Whether a file (or anything) exists at `path`.
     public static func exists(_ path: FilePath) -> Bool {
         var st = stat()

@@ -66,30 +66,14 @@ enum OpsCLI {
 
     /// Runs the CLI, sends SIGKILL after `delay` microseconds; whether the kill hit a running process.
     static func runKilled(_ arguments: [String], after delay: UInt32, slowIO: Int) throws -> (killed: Bool, status: Int32, err: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: TestEnv.bulwark)
-        p.arguments = arguments
-        p.environment = ProcessInfo.processInfo.environment.merging(["BULWARK_TEST_SLOW_IO": "\(slowIO)"]) { $1 }
-        p.standardOutput = FileHandle.nullDevice
-        let errFile = NSTemporaryDirectory() + "ops-killed-\(UUID().uuidString.prefix(8)).err"
-        _ = FileManager.default.createFile(atPath: errFile, contents: nil)
-        defer { try? FileManager.default.removeItem(atPath: errFile) }
-        p.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errFile))
-        try p.run()
-        usleep(delay)
-        var killed = false
-        if p.isRunning { killed = kill(p.processIdentifier, SIGKILL) == 0 }
-        p.waitUntilExit()
-        let err = (try? String(contentsOfFile: errFile, encoding: .utf8)) ?? ""
-        return (killed && p.terminationReason == .uncaughtSignal, p.terminationStatus, err)
+        try KilledRun.run(arguments, after: delay, environment: ["BULWARK_TEST_SLOW_IO": "\(slowIO)"])
     }
 
     /// How long one uninterrupted run takes (microseconds), to spread kills over it.
     static func duration(_ arguments: [String], slowIO: Int) throws -> UInt32 {
-        let start = Date()
-        let r = try run(TestEnv.bulwark, arguments, environment: ["BULWARK_TEST_SLOW_IO": "\(slowIO)"])
+        let (span, r) = try KilledRun.duration(arguments, environment: ["BULWARK_TEST_SLOW_IO": "\(slowIO)"])
         #expect(r.status == 0, "\(arguments): \(r.err)")
-        return UInt32(Date().timeIntervalSince(start) * 1_000_000)
+        return span
     }
 
     /// Byte-wise equality through memcmp (fast in debug builds).

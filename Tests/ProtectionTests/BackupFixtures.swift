@@ -93,9 +93,9 @@ final class BackupBench: @unchecked Sendable {
                                                                             timeZone: TimeZone(identifier: "UTC")!))
     }
 
-    /// The virtual disk a point reads, through Bulwark.
+    /// The virtual disk a point reads, through Bulwark (the way verify and restore read it).
     func read(_ version: String) throws -> [UInt8] {
-        let chain = try DiskChain.open(points.pointFolder(version).appending("disk0.vhdx"))
+        let chain = try points.openDisk(version, disk: try points.manifest(version).disks[0])
         defer { try? chain.close() }
         return try chain.leaf.read(count: Int(chain.leaf.virtualSize), at: 0)
     }

@@ -129,7 +129,7 @@ public enum BackupOperation {
                     var detection = "full"
                     var known: [Range<UInt64>]? = nil
                     if let parentDisk, let parentVersion = plan.parent?.version {
-                        parent = DiskCapture.Parent(image: points.pointFolder(parentVersion).appending(parentDisk.image), chunks: parentDisk.chunks)
+                        parent = DiskCapture.Parent(image: points.imagePath(parentVersion, disk: parentDisk), chunks: parentDisk.chunks)
                         detection = "hashes"
                         if snapshot.provider == "differencing", parentDisk.providerLeaf == copy,
                            let frozen = parentDisk.providerFrozenIdentity, chain.leaf.parentLink?.expectedID.uuidString.lowercased() == frozen {
@@ -208,7 +208,7 @@ struct BackupPlan: Sendable {
         for (i, source) in sources.enumerated() {
             let disk = parent.disks[i]
             do {
-                let chain = try DiskChain.open(points.pointFolder(parent.version).appending(disk.image), in: points.target.space)
+                let chain = try points.openDisk(parent.version, disk: disk)
                 try chain.close()
             } catch {
                 return full("the parent point \(parent.version)'s disk \(i) cannot be opened (\(error))")
