@@ -4,6 +4,9 @@
 public enum ProtectionError: Error, Equatable, Sendable, CustomStringConvertible {
     /// A source the policy names does not exist (or vanished before the snapshot).
     case sourceMissing(policy: String, source: String)
+    /// A source changed under the job in a way that makes what was read meaningless (it shrank: a
+    /// truncated file, a device that went away).
+    case sourceChanged(source: String, reason: String)
     /// The policy would make crash-consistent points without allowing them.
     case crashConsistentRefused(policy: String, reason: String)
     /// The target cannot be written.
@@ -21,6 +24,8 @@ public enum ProtectionError: Error, Equatable, Sendable, CustomStringConvertible
         switch self {
         case let .sourceMissing(policy, source):
             return "policy \(policy): source \(source) does not exist; fix the path in the policy, or remove the source"
+        case let .sourceChanged(source, reason):
+            return "source \(source) changed during the job: \(reason); no point was made, run the job again once the source is back"
         case let .crashConsistentRefused(policy, reason):
             return "policy \(policy): \(reason); add a writer under consistency.writers, or set consistency.allow-crash-consistent: true"
         case let .targetUnusable(target, reason):

@@ -79,6 +79,9 @@ public struct DiskCapture {
             options.virtualSize = 0
             options.parentPath = parent.image
         }
+        // A store that shrinks while it is read (a truncated file, a device going away) reads as
+        // holes past its new end: the sizes at the start are checked again at the end.
+        let sizes = try source.levels.map { try $0.store.size() }
         let staged = try StagedImage(at: destination, options: options, in: space)
         var chunks = parent?.chunks ?? [String](repeating: "", count: count)
         var changed: UInt64 = 0, read: UInt64 = 0, written: UInt64 = 0
@@ -131,6 +134,12 @@ public struct DiskCapture {
             }
             try assembler.flush(finish)
             try progress?.checkCancelled()
+            for (level, size) in zip(source.levels, sizes) {
+                let now = try level.store.size()
+                if now < size {
+                    throw ProtectionError.sourceChanged(source: level.path.string, reason: "it shrank from \(size) to \(now) bytes while it was read")
+                }
+            }
             try staged.publish()
         } catch {
             staged.discard()

@@ -166,6 +166,7 @@ extension ExitStatus {
     static func of(_ error: ProtectionError) -> Int32 {
         switch error {
         case .sourceMissing: notFound
+        case .sourceChanged: ioError
         case .crashConsistentRefused, .pruneRefused: refused
         case .targetUnusable: ioError
         case .snapshotFailed, .verifyFailed: failed
