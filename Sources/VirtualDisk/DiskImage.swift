@@ -119,6 +119,10 @@ public protocol DiskImage: PositionedIO, Closable {
     func directLayout() throws -> [StoreRun]?
     /// Makes every completed write durable.
     func flush() throws
+    /// Writes what the image keeps in memory (allocation tables, bitmaps) into its store, without
+    /// waiting for it to be durable: afterwards the file holds its final bytes (a checksum of it can
+    /// run while `flush` makes them durable). By default the same as `flush`.
+    func writeBack() throws
     /// Flushes and closes the file; the object must not be used afterwards.
     func close() throws
     /// Format-specific facts for `bulwark disk info` (geometry, creator, GUIDs, ...).
@@ -160,6 +164,8 @@ public struct StoreRun: Equatable, Sendable {
 
 extension DiskImage {
     /// Fixed images whose extents are all stored data have a direct layout; others have none.
+    public func writeBack() throws { try flush() }
+
     public func directLayout() throws -> [StoreRun]? {
         guard type == .fixed else { return nil }
         var layout: [StoreRun] = []

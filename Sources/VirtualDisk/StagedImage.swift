@@ -1,5 +1,7 @@
-import SystemPackage
+import Dispatch
 import Storage
+import Synchronization
+import SystemPackage
 
 /// A new image of any type (fixed, dynamic or differencing) written under a temporary name in its
 /// final folder (`.NAME.partial-PID`) and published by rename only once complete and flushed: the
@@ -51,10 +53,29 @@ public final class StagedImage {
     /// Flushes the image once, closes it and renames it into place (refusing to replace anything that
     /// appeared at the destination meanwhile). Failures leave the destination absent and remove the
     /// temporary file.
-    public func publish() throws {
+    ///
+    /// `alongside`, when given, runs on another thread once the file holds its final bytes, while the
+    /// flush makes them durable (a checksum of the finished file costs no extra time then); it reads
+    /// `temporaryPath`. Its failure fails the publish.
+    public func publish(alongside: (@Sendable () throws -> Void)? = nil) throws {
         guard let image = open, !finished else { return }
         do {
-            try image.flush()
+            if let alongside {
+                try image.writeBack()
+                let outcome = Mutex<(any Error)?>(nil)
+                let done = DispatchSemaphore(value: 0)
+                DispatchQueue.global().async {
+                    do { try alongside() } catch { outcome.withLock { $0 = error } }
+                    done.signal()
+                }
+                var flushError: (any Error)?
+                do { try image.flush() } catch { flushError = error }
+                done.wait()
+                if let flushError { throw flushError }
+                if let error = outcome.withLock({ $0 }) { throw error }
+            } else {
+                try image.flush()
+            }
             try image.close()
             open = nil
             try space.rename(temporaryPath, to: destination)

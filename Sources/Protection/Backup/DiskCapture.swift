@@ -1,5 +1,7 @@
 import Crypto
+import Dispatch
 import Storage
+import Synchronization
 import SystemPackage
 import Targets
 import VirtualDisk
@@ -97,26 +99,41 @@ public struct DiskCapture {
         }
 
         let image = staged.image
+        let fileDigest = Mutex<Swift.Result<(UInt64, String), any Error>?>(nil)
+        let hasher = ParallelDigest()
         let assembler = ChunkAssembler(chunkSize: chunkSize, virtualSize: size)
         let zeroDigest = Digest.zeros(chunkSize)
         func finish(_ chunk: ChunkAssembler.Complete) throws {
             let i = chunk.index
             let length = chunk.length
             read += UInt64(length)
+            let offset = UInt64(i) * UInt64(chunkSize)
+            if parent == nil {
+                // A full: every chunk with data is stored, whatever its checksum, so the checksum runs
+                // on the other core while the data runs are written (a new dynamic image reads zeros
+                // where nothing is written: holes and zero granules are never stored).
+                if chunk.isAllZero {
+                    chunks[i] = length == chunkSize ? zeroDigest : Digest.zeros(length)
+                    return
+                }
+                let digest = try chunk.withBytes { bytes in
+                    try hasher.digest(bytes) {
+                        try chunk.forEachDataRun { run, data in
+                            try image.write(data, at: offset + UInt64(run.lowerBound))
+                            written += UInt64(run.count)
+                        }
+                    }
+                }
+                chunks[i] = digest
+                changed += UInt64(length)
+                return
+            }
             let digest = chunk.isAllZero ? (length == chunkSize ? zeroDigest : Digest.zeros(length)) : chunk.withBytes { Digest.sha256($0) }
             let before = parent?.chunks[i]
             chunks[i] = digest
             guard digest != before else { return }
-            if parent == nil && chunk.isAllZero { return }
             changed += UInt64(length)
-            let offset = UInt64(i) * UInt64(chunkSize)
-            if parent == nil {
-                // A new dynamic image reads zeros where nothing is written: store the data runs only.
-                try chunk.forEachDataRun { run, bytes in
-                    try image.write(bytes, at: offset + UInt64(run.lowerBound))
-                    written += UInt64(run.count)
-                }
-            } else {
+            do {
                 // A differencing image must hide its parent: the whole chunk, zeros included.
                 try chunk.withBytes { try image.write($0, at: offset) }
                 written += UInt64(length)
@@ -140,12 +157,16 @@ public struct DiskCapture {
                     throw ProtectionError.sourceChanged(source: level.path.string, reason: "it shrank from \(size) to \(now) bytes while it was read")
                 }
             }
-            try staged.publish()
+            // The image file's checksum is taken while the publish makes it durable.
+            let temporary = staged.temporaryPath, space = self.space
+            try staged.publish(alongside: { fileDigest.withLock { $0 = Swift.Result { try Self.fileDigest(temporary, in: space) } } })
         } catch {
             staged.discard()
             throw error
         }
-        let (imageSize, imageDigest) = try Self.fileDigest(destination, in: space, progress: progress)
+        guard let (imageSize, imageDigest) = try fileDigest.withLock({ $0 })?.get() else {
+            preconditionFailure("publish runs the checksum before it returns")
+        }
         return Result(chunks: chunks, changedBytes: changed, bytesRead: read, bytesWritten: written, imageSize: imageSize,
                       imageSHA256: imageDigest, virtualSize: size, logicalSectorSize: leaf.logicalSectorSize, physicalSectorSize: leaf.physicalSectorSize)
     }
@@ -171,6 +192,30 @@ public struct DiskCapture {
         }
         store.advise(.dontNeed(0..<size))
         return (size, hasher.finish())
+    }
+}
+
+/// Checksums a buffer on another thread while the caller's thread does other work with it (reads
+/// only), so a full backup's hashing and writing share the two cores.
+final class ParallelDigest: @unchecked Sendable {
+    // Unchecked: `buffer` is only read, by both threads, and `digest` waits for the hash before it
+    // returns, so the buffer outlives every use.
+    private let queue = DispatchQueue(label: "bulwark.digest")
+
+    func digest(_ bytes: UnsafeRawBufferPointer, while work: () throws -> Void) throws -> String {
+        nonisolated(unsafe) let shared = bytes
+        let result = Mutex<String?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        queue.async {
+            result.withLock { $0 = Digest.sha256(shared) }
+            done.signal()
+        }
+        do { try work() } catch {
+            done.wait()
+            throw error
+        }
+        done.wait()
+        return result.withLock { $0 }!
     }
 }
 

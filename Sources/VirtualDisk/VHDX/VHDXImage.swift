@@ -141,6 +141,11 @@ public final class VHDXImage: DiskImage, MaintainableImage {
         try syncIfNeeded()
     }
 
+    public func writeBack() throws {
+        guard isWritable else { return }
+        try logAndApply([])
+    }
+
     public func close() throws {
         if isWritable {
             try logAndApply([])
