@@ -3,7 +3,7 @@ import Foundation
 /// `catalog.<generation>.json`: the index of a machine's points, so `versions` reads one small file.
 /// A new generation per change, never overwritten; readers take the highest generation that parses
 /// and names itself correctly. It is derived data: everything in it comes from the points' manifests
-/// and their marker files (`protected`, `verify.<time>.json`), so it can be rebuilt at will, and a
+/// and their marker files (`protected`, `verify.<sequence>.json`), so it can be rebuilt at will, and a
 /// point whose manifest is published but missing from the catalog (a crash between the two) is still
 /// listed by `RecoveryPoints.listing()`.
 public struct Catalog: Codable, Sendable, Equatable {
@@ -73,7 +73,7 @@ public struct CatalogEntry: Codable, Sendable, Equatable {
     public var usableAsParent: Bool { verification?.ok ?? true }
 }
 
-/// `<version>/verify.<time>.json`: one verify of a point. Published once; the newest one counts.
+/// `<version>/verify.<sequence>.json`: one verify of a point. Published once; the highest sequence counts.
 public struct VerificationRecord: Codable, Sendable, Equatable {
     public var time: String
     public var ok: Bool

@@ -122,23 +122,29 @@ public struct RecoveryPoints: Sendable {
         }
     }
 
+    /// The verify records of a point, newest first: `verify.<sequence>.json`.
+    func verificationNames(_ version: String) -> [(Int, String)] {
+        guard let names = try? space.contents(of: pointFolder(version)) else { return [] }
+        return names.compactMap { n -> (Int, String)? in
+            guard n.hasPrefix("verify."), n.hasSuffix(".json"), let seq = Int(n.dropFirst(7).dropLast(5)) else { return nil }
+            return (seq, n)
+        }.sorted { $0.0 > $1.0 }
+    }
+
     /// The newest verify record of a point.
     public func verification(_ version: String) -> VerificationRecord? {
-        guard let names = try? space.contents(of: pointFolder(version)) else { return nil }
-        for name in names.filter({ $0.hasPrefix("verify.") && $0.hasSuffix(".json") }).sorted().reversed() {
+        for (_, name) in verificationNames(version) {
             if let bytes = try? target.read(pointFolder(version).appending(name), limit: 1 << 20),
                let record = try? Self.decoder.decode(VerificationRecord.self, from: Data(bytes)) { return record }
         }
         return nil
     }
 
-    public func record(_ verification: VerificationRecord, for version: String, at date: Date) throws {
-        var name = "verify.\(Timestamp.compact(date)).json"
-        var n = 1
-        while space.exists(pointFolder(version).appending(name)) {
-            n += 1
-            name = "verify.\(Timestamp.compact(date))-\(n).json"
-        }
+    /// Publishes a verify record as the point's next one (records are numbered, never overwritten).
+    public func record(_ verification: VerificationRecord, for version: String) throws {
+        let next = (verificationNames(version).first?.0 ?? 0) + 1
+        let digits = String(next)
+        let name = "verify." + String(repeating: "0", count: max(0, 6 - digits.count)) + digits + ".json"
         try target.publish(try Self.encode(verification), at: pointFolder(version).appending(name))
     }
 

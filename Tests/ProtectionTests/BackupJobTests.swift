@@ -6,6 +6,7 @@ import Targets
 import Testing
 import TestSupport
 import VirtualDisk
+import Recovery
 
 /// Backup jobs on the embedded default target: fulls, true incrementals of a raw source found by
 /// checksums, verify, and the rule that a bad point is never a parent.
@@ -119,5 +120,38 @@ import VirtualDisk
             kinds.append(try await bench.backup(at: .day(day, minute: 6)).kind)
         }
         #expect(kinds == [.full, .incremental, .incremental, .incremental, .incremental, .full, .incremental])
+    }
+}
+
+/// A point of several disks: published whole, each disk its own chain, restored one by one.
+@Suite struct MultiDiskTests {
+    @Test func everyDiskOfAPointIsCapturedAndRestored() async throws {
+        let bench = try BackupBench(size: 12 << 20, seed: 51)
+        let second = bench.dir.file("data.img")
+        var other = SeededRandom(seed: 52)
+        FileManager.default.createFile(atPath: second, contents: Data(other.bytes(8 << 20)))
+        bench.policyText = bench.policyText.replacingOccurrences(of: "  - disk: \(bench.source)\n", with: "  - disk: \(bench.source)\n  - disk: \(second)\n")
+        try bench.policyText.write(toFile: bench.policyFile, atomically: true, encoding: .utf8)
+        try bench.write(bench.rng.bytes(2 << 20), at: 0)
+        let full = try await bench.backup(at: .day(0))
+        #expect(full.disks.count == 2 && full.disks.map(\.image) == ["disk0.vhdx", "disk1.vhdx"])
+        try bench.scribble(writes: 2)
+        let incremental = try await bench.backup(at: .day(1))
+        #expect(incremental.disks[1].changedBytes == 0, "the second disk did not change")
+        #expect(incremental.disks[0].changedBytes > 0)
+        let manifest = try bench.points.manifest(incremental.version)
+        #expect(manifest.disks.map(\.source) == [bench.source, second])
+        for disk in manifest.disks {
+            let out = FilePath(bench.dir.file("restored-\(disk.index).img"))
+            let r = try DiskRestore.run(target: bench.target, options: DiskRestoreOptions(machine: "guest", version: incremental.version, disk: disk.index, destination: out))
+            #expect(r.verified)
+            let expected = disk.index == 0 ? Data(bench.model) : try Data(contentsOf: URL(fileURLWithPath: second))
+            #expect(try Data(contentsOf: URL(fileURLWithPath: out.string)) == expected)
+        }
+        // A restore onto an existing file is refused, and nothing is overwritten.
+        let existing = FilePath(bench.dir.file("restored-0.img"))
+        #expect(throws: StorageError.exists(path: existing.string)) {
+            try DiskRestore.run(target: bench.target, options: DiskRestoreOptions(machine: "guest", version: full.version, destination: existing))
+        }
     }
 }

@@ -143,7 +143,7 @@ import TestSupport
         #expect(try points.rebuildCatalog().points.count == 3)
         // Protected markers and verify records appear in the listing.
         try points.setProtected("2026-11-20T010000Z", true)
-        try points.record(VerificationRecord(time: "t", ok: false, problem: "bad", bytesRead: 1), for: "2026-11-21T010000Z", at: Date())
+        try points.record(VerificationRecord(time: "t", ok: false, problem: "bad", bytesRead: 1), for: "2026-11-21T010000Z")
         let listed = try points.listing()
         #expect(listed[0].protected && !listed[1].protected)
         #expect(listed[1].verification?.ok == false && listed[1].usableAsParent == false)

@@ -40,6 +40,24 @@ public struct JobOutcome: Sendable, Equatable {
 }
 
 /// The daemon's clock: wall time for schedules, and a sleep. Injected so tests run days in seconds.
+extension JobRecord {
+    /// Records how the job ended: its outcome's status, figures, error and warnings, and its detail
+    /// merged over what the job was started with.
+    public mutating func finish(with outcome: JobOutcome, at date: Date) {
+        status = outcome.status
+        ended = date
+        target = outcome.target
+        point = outcome.point
+        pointKind = outcome.pointKind
+        bytesRead = outcome.bytesRead
+        bytesWritten = outcome.bytesWritten
+        bytesChanged = outcome.bytesChanged
+        error = outcome.error
+        warnings = outcome.warnings
+        detail = Daemon.mergeDetail(detail, outcome.detail)
+    }
+}
+
 public struct DaemonClock: Sendable {
     public var now: @Sendable () -> Date
     /// Sleeps this many (clock) seconds; throws when the task is cancelled.
@@ -289,17 +307,10 @@ public actor Daemon {
             error = error.map { "canceled by the daemon's shutdown (\($0))" } ?? "canceled by the daemon's shutdown"
             status = .canceled
         }
-        record.status = status
-        record.ended = now
-        record.target = outcome.target
-        record.point = outcome.point
-        record.pointKind = outcome.pointKind
-        record.bytesRead = outcome.bytesRead
-        record.bytesWritten = outcome.bytesWritten
-        record.bytesChanged = outcome.bytesChanged
-        record.error = error
-        record.warnings = outcome.warnings
-        record.detail = Self.mergeDetail(record.detail, outcome.detail)
+        var settled = outcome
+        settled.status = status
+        settled.error = error
+        record.finish(with: settled, at: now)
         if record.id != nil {
             let history = self.history, finished = record
             do { try await BlockingPool.control.run { try history.update(finished) } } catch {

@@ -138,18 +138,7 @@ public struct JobRunner: Sendable {
             try history.insert(JobRecord(policy: policy, kind: kind, status: .running, trigger: trigger, started: Date()))
         }
         let result = await body()
-        let o = result.outcome
-        record.status = o.status
-        record.ended = Date()
-        record.target = o.target
-        record.point = o.point
-        record.pointKind = o.pointKind
-        record.bytesRead = o.bytesRead
-        record.bytesWritten = o.bytesWritten
-        record.bytesChanged = o.bytesChanged
-        record.error = o.error
-        record.warnings = o.warnings
-        record.detail = o.detail
+        record.finish(with: result.outcome, at: Date())
         let finished = record
         try await BlockingPool.control.run { try history.update(finished) }
         return (record, result)

@@ -21,7 +21,7 @@ public struct VerifyResult: Codable, Sendable, Equatable {
 }
 
 public struct VerifyOptions: Sendable {
-    /// Record the result on the target (`verify.<time>.json` and a new catalog generation). Needs the
+    /// Record the result on the target (`verify.<sequence>.json` and a new catalog generation). Needs the
     /// machine's lease; without recording, verify only reads.
     public var record: Bool
     public var now: Date?
@@ -63,7 +63,7 @@ public enum VerifyOperation {
                 try lease.check()
                 let now = options.now ?? Date()
                 try points.record(VerificationRecord(time: Timestamp.iso8601(now), ok: result.ok, problem: result.problem, bytesRead: result.bytesRead),
-                                  for: version, at: now)
+                                  for: version)
             }
         }
         if lease != nil { try points.rebuildCatalog(now: options.now ?? Date()) }
