@@ -81,5 +81,18 @@ import VirtualDisk
         #expect(volume.writeCompletes(within: 5), "the guest filesystem was thawed")
         let verified = try VerifyOperation.run(target: points.target, machine: "vm", options: VerifyOptions(record: false))
         #expect(verified.allSatisfy { $0.ok })
+
+        // A full on demand continues from the live leaf: the guest's chain stays one line.
+        var third = options
+        third.now = .day(2)
+        third.forceFull = true
+        let again = try await BackupOperation.run(policy: policy, options: third)
+        #expect(again.kind == .full)
+        let newLeaf = try #require(try points.manifest(again.version).disks[0].providerLeaf)
+        let guestChain = try DiskChain.open(FilePath(newLeaf))
+        defer { try? guestChain.close() }
+        #expect(guestChain.levels.count == 4, "base, the two frozen children, the new live leaf")
+        #expect(try guestChain.leaf.read(count: size, at: 0) == model)
+        #expect(try DiskChain.open(points.pointFolder(again.version).appending("disk0.vhdx")).use { try $0.leaf.read(count: size, at: 0) } == model)
     }
 }

@@ -98,7 +98,7 @@ public enum BackupOperation {
         }
         defer { lease.release() }
         let points = RecoveryPoints(target: target, machine: policy.machine)
-        try await BlockingPool.disk.run { try FoldJournal.resume(points: points, lease: lease, log: log) }
+        try await BlockingPool.jobs.run { try FoldJournal.resume(points: points, lease: lease, log: log) }
         for stale in try points.incompleteVersions() {
             log("removing \(stale): an incomplete point left by a job that did not finish")
             try points.removeIncomplete(stale)
@@ -122,7 +122,7 @@ public enum BackupOperation {
                 let copy = snapshot.copies[i]
                 let parentDisk = plan.parent?.disks[i]
                 let image = "disk\(i).vhdx"
-                let captured = try await BlockingPool.disk.run { () throws -> (ManifestDisk, BackupResult.Disk) in
+                let captured = try await BlockingPool.jobs.run { () throws -> (ManifestDisk, BackupResult.Disk) in
                     let chain = try DiskChain.open(FilePath(copy))
                     defer { try? chain.close() }
                     var parent: DiskCapture.Parent? = nil
@@ -187,11 +187,22 @@ struct BackupPlan: Sendable {
     var parent: PointManifest?
     var fullReason: String?
     var notes: [String]
+    /// The policy's newest point, parent or not: the differencing provider continues from the live
+    /// leaves it recorded even when this point is a full (a second child of the base would fork the
+    /// guest's chain).
+    var newest: PointManifest?
 
     static func make(policy: Policy, points: RecoveryPoints, sources: [String], options: BackupOptions, now: Date) throws -> BackupPlan {
+        let mine = try points.listing().filter { $0.policy == policy.name }
+        let latest = try mine.last.map { try points.manifest($0.version) }
+        var plan = try decide(policy: policy, points: points, mine: mine, sources: sources, options: options, now: now)
+        plan.newest = latest
+        return plan
+    }
+
+    static func decide(policy: Policy, points: RecoveryPoints, mine: [CatalogEntry], sources: [String], options: BackupOptions, now: Date) throws -> BackupPlan {
         func full(_ reason: String) -> BackupPlan { BackupPlan(kind: .full, parent: nil, fullReason: reason, notes: ["full: \(reason)"]) }
         if options.forceFull { return full(options.fullReason ?? "asked for (--full)") }
-        let mine = try points.listing().filter { $0.policy == policy.name }
         guard let newest = mine.last else { return full("the first point of policy \(policy.name) on this target") }
         if let v = newest.verification, !v.ok {
             return full("the newest point \(newest.version) failed verification on \(v.time) (\(v.problem ?? "checksum mismatch")); no new point may depend on it")

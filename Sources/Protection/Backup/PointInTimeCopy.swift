@@ -37,8 +37,8 @@ struct PointInTimeCopy {
         // The differencing provider snapshots the live leaf the previous point left (Hyper-V's
         // .avhdx chain), not the base the policy names.
         var disks = sources
-        if settings.provider == .differencing, let parent = plan.parent {
-            for (i, d) in parent.disks.enumerated() where i < disks.count {
+        if settings.provider == .differencing, let newest = plan.newest, newest.disks.map(\.source) == sources {
+            for (i, d) in newest.disks.enumerated() where i < disks.count {
                 if let leaf = d.providerLeaf, FileOps.exists(FilePath(leaf)) { disks[i] = leaf }
             }
         }

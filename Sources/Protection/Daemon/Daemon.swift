@@ -175,14 +175,14 @@ public actor Daemon {
         }
 
         let history = self.history, load = self.loadPolicies
-        let policies = try await BlockingPool.control.run { try load() }
+        let policies = try await JobHistory.pool.run { try load() }
         let now = clock.now()
-        let recovered = try await BlockingPool.control.run { try history.recoverInterrupted(now: now) }
+        let recovered = try await JobHistory.pool.run { try history.recoverInterrupted(now: now) }
         for r in recovered {
             logger.warning("\(r.kind.rawValue) job \(r.id ?? 0) was left \(JobStatus.running.rawValue) by a process that ended: recorded as failed",
                            metadata: ["policy": "\(r.policy)"])
         }
-        let marks = try await BlockingPool.control.run { try history.schedulerMarks() }
+        let marks = try await JobHistory.pool.run { try history.schedulerMarks() }
         scheduler = Scheduler(policies: policies, marks: marks, now: now, grace: grace)
         await persistMarks()
         logger.info("started with \(policies.count) \(policies.count == 1 ? "policy" : "policies")")
@@ -251,11 +251,11 @@ public actor Daemon {
             let history = self.history
             do {
                 let queued = record
-                record = try await BlockingPool.control.run { try history.insert(queued) }
+                record = try await JobHistory.pool.run { try history.insert(queued) }
                 record.status = .running
                 record.started = clock.now()
                 let running = record
-                try await BlockingPool.control.run { try history.update(running) }
+                try await JobHistory.pool.run { try history.update(running) }
             } catch {
                 // The job runs anyway: a backup matters more than its line in the history.
                 logger.error("cannot record the job in the history: \(error)", metadata: ["policy": "\(job.policy)"])
@@ -313,7 +313,7 @@ public actor Daemon {
         record.finish(with: settled, at: now)
         if record.id != nil {
             let history = self.history, finished = record
-            do { try await BlockingPool.control.run { try history.update(finished) } } catch {
+            do { try await JobHistory.pool.run { try history.update(finished) } } catch {
                 logger.error("cannot record the end of \(job) in the history: \(error)", metadata: ["policy": "\(job.policy)"])
             }
         }
@@ -340,7 +340,7 @@ public actor Daemon {
         notify { try $0.reloading() }
         let load = self.loadPolicies
         do {
-            let policies = try await BlockingPool.control.run { try load() }
+            let policies = try await JobHistory.pool.run { try load() }
             let changes = scheduler!.update(policies: policies, now: clock.now())
             await persistMarks()
             if changes.isEmpty {
@@ -362,7 +362,7 @@ public actor Daemon {
         guard !marks.isEmpty else { return }
         let history = self.history
         do {
-            try await BlockingPool.control.run {
+            try await JobHistory.pool.run {
                 for (key, date) in marks { try history.setSchedulerMark(policy: key.policy, kind: key.kind, to: date) }
             }
         } catch {

@@ -33,8 +33,13 @@ public struct HistoryError: Error, CustomStringConvertible, Sendable {
 /// rolled back by the next open. Several processes may use the file at once (the daemon writes, `bulwark
 /// jobs list` reads); a writer waits up to 10 s for another's transaction.
 ///
-/// Calls block (SQLite does I/O): from `async` code run them on `BlockingPool.control`.
+/// Calls block (SQLite does I/O): from `async` code run them on `JobHistory.pool`, a pool of their
+/// own, so the daemon's bookkeeping never waits behind a long disk copy (`BlockingPool.disk`) or a
+/// freeze hung until its deadline (`BlockingPool.control`).
 public final class JobHistory: Sendable {
+    /// Where history calls (and the daemon's policy loading) run from `async` code.
+    public static let pool = BlockingPool(name: "bulwark.history", limit: 2)
+
     /// The database file.
     public let path: String
     private let pool: DatabasePool

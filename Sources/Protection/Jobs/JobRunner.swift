@@ -51,7 +51,7 @@ public struct JobRunner: Sendable {
             var pruned: PruneResult? = nil
             if prune && policy.keep.keepsSelection {
                 do {
-                    pruned = try await BlockingPool.disk.run {
+                    pruned = try await BlockingPool.jobs.run {
                         try PruneOperation.run(policy: policy, options: PruneOptions(timeZone: timeZone, log: lines))
                     }
                 } catch {
@@ -78,7 +78,7 @@ public struct JobRunner: Sendable {
         let log = self.log
         let timeZone = self.timeZone
         do {
-            let result = try await BlockingPool.disk.run {
+            let result = try await BlockingPool.jobs.run {
                 try PruneOperation.run(policy: policy, options: PruneOptions(dryRun: dryRun, timeZone: timeZone, log: { log?(policy.name, $0) }))
             }
             let outcome = JobOutcome(status: .ok, target: policy.target, detail: Self.json(["removed": result.removed.joined(separator: ","),
@@ -96,7 +96,7 @@ public struct JobRunner: Sendable {
         do {
             let target = try Targets.open(policy.target)
             let results = try await withTaskCancellationHandler {
-                try await BlockingPool.disk.run {
+                try await BlockingPool.jobs.run {
                     try VerifyOperation.run(target: target, machine: policy.machine,
                                             options: VerifyOptions(progress: reporter, log: { log?(policy.name, $0) }))
                 }
@@ -134,13 +134,13 @@ public struct JobRunner: Sendable {
     /// daemon records its jobs: for jobs started by hand.
     public static func record(in history: JobHistory, policy: String, kind: JobKind, trigger: JobTrigger,
                               _ body: () async -> JobResult) async throws -> (JobRecord, JobResult) {
-        var record = try await BlockingPool.control.run {
+        var record = try await JobHistory.pool.run {
             try history.insert(JobRecord(policy: policy, kind: kind, status: .running, trigger: trigger, started: Date()))
         }
         let result = await body()
         record.finish(with: result.outcome, at: Date())
         let finished = record
-        try await BlockingPool.control.run { try history.update(finished) }
+        try await JobHistory.pool.run { try history.update(finished) }
         return (record, result)
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Protection
 import Recovery
 import Storage
 import SystemPackage
@@ -40,7 +41,7 @@ struct RestoreDisk: AsyncParsableCommand {
         let interruption = Interruption(cancelling: reporter)
         defer { interruption.stop(); bar.finish() }
         let options = DiskRestoreOptions(machine: machine, version: version, disk: disk, destination: FilePath(destination), format: format, progress: reporter)
-        let result = try await BlockingPool.disk.run { try DiskRestore.run(target: t, options: options) }
+        let result = try await BlockingPool.jobs.run { try DiskRestore.run(target: t, options: options) }
         bar.finish()
         if printing.json { try Output.json(result); return }
         let rate = result.seconds > 0 ? Double(result.virtualSize) / result.seconds : 0

@@ -33,7 +33,7 @@ struct VerifyCommand: AsyncParsableCommand {
         for m in machines {
             let options = VerifyOptions(record: !noRecord, progress: reporter, log: { line in if !quiet { Output.note("verify: \(m)/\(line)") } })
             let versions = version.map { [$0] }
-            results += try await BlockingPool.disk.run { try VerifyOperation.run(target: t, machine: m, versions: versions, options: options) }
+            results += try await BlockingPool.jobs.run { try VerifyOperation.run(target: t, machine: m, versions: versions, options: options) }
         }
         bar.finish()
         if printing.json { try Output.json(results) } else {
