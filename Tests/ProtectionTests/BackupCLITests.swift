@@ -16,7 +16,11 @@ import Glibc
         try run(TestEnv.bulwark, args, environment: env.merging(["BULWARK_STATE_DIR": state]) { $1 })
     }
 
-    @Test func jobsAndVersionsPrintTypedJSON() throws {
+    @Test func jobsAndVersionsPrintTypedJSON() async throws {
+        try await offPool { try Self.jobsAndVersionsPrintTypedJSONBody() }
+    }
+
+    static func jobsAndVersionsPrintTypedJSONBody() throws {
         let bench = try BackupBench(size: 16 << 20, seed: 41)
         try bench.write(bench.rng.bytes(5 << 20), at: 1 << 20)
         let first = try Self.bulwark(["backup", "start", "--policy", bench.policyFile, "--json"], state: bench.state)
@@ -75,7 +79,11 @@ import Glibc
         #expect(!FileManager.default.fileExists(atPath: dir.file("target")), "nothing was written")
     }
 
-    @Test func aSourceThatVanishesMidJobFailsTheJobCleanly() throws {
+    @Test func aSourceThatVanishesMidJobFailsTheJobCleanly() async throws {
+        try await offPool { try Self.aSourceThatVanishesMidJobFailsTheJobCleanlyBody() }
+    }
+
+    static func aSourceThatVanishesMidJobFailsTheJobCleanlyBody() throws {
         let bench = try BackupBench(size: 64 << 20, seed: 43)
         try bench.write(bench.rng.bytes(60 << 20), at: 0)
         #expect(try Self.bulwark(["backup", "start", "--policy", bench.policyFile], state: bench.state).status == 0)
@@ -103,7 +111,11 @@ import Glibc
         #expect(verified.allSatisfy { $0.ok })
     }
 
-    @Test func theDaemonRunsTheScheduleAndStopsCleanlyOnSIGTERM() throws {
+    @Test func theDaemonRunsTheScheduleAndStopsCleanlyOnSIGTERM() async throws {
+        try await offPool { try Self.theDaemonRunsTheScheduleAndStopsCleanlyOnSIGTERMBody() }
+    }
+
+    static func theDaemonRunsTheScheduleAndStopsCleanlyOnSIGTERMBody() throws {
         let bench = try BackupBench(size: 8 << 20, seed: 47, keep: "{last: 2}", extra: "schedule: \"*:*:0/2\"")
         try bench.write(bench.rng.bytes(1 << 20), at: 0)
         let policies = bench.dir.file("policies")

@@ -14,6 +14,10 @@ import VirtualDisk
     static let slowIO = 15_000
 
     @Test func killedBackupsAndPrunesLeaveEveryPointWhole() async throws {
+        try await offPool { try Self.killedBackupsAndPrunes() }
+    }
+
+    static func killedBackupsAndPrunes() throws {
         let bench = try BackupBench(size: 24 << 20, seed: 31, keep: "{last: 3}")
         var rng = SeededRandom(seed: 32)
         let env = ["BULWARK_TEST_SLOW_IO": "\(Self.slowIO)", "BULWARK_STATE_DIR": bench.state]

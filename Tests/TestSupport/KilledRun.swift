@@ -34,3 +34,13 @@ public enum KilledRun {
         return (UInt32(Date().timeIntervalSince(start) * 1_000_000), r)
     }
 }
+
+/// Runs blocking work on a thread of its own and awaits it: async tests that read images, spawn
+/// processes or wait for them must not hold one of the few threads of Swift's cooperative pool, which
+/// every other async test (and the code under test) needs to make progress. Expectations inside
+/// `body` still fail the run; they are reported with their file and line but no test name.
+public func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
+    }
+}
