@@ -94,7 +94,8 @@ public enum BackupOperation {
         }
 
         let lease = try await BlockingPool.disk.run {
-            try TargetLease.acquire(target, machine: policy.machine, purpose: "backup of policy \(policy.name)", now: now)
+            // The lease runs on the wall clock, whatever time the point is given.
+            try TargetLease.acquire(target, machine: policy.machine, purpose: "backup of policy \(policy.name)")
         }
         defer { lease.release() }
         let points = RecoveryPoints(target: target, machine: policy.machine)

@@ -37,9 +37,14 @@ struct PointInTimeCopy {
         // The differencing provider snapshots the live leaf the previous point left (Hyper-V's
         // .avhdx chain), not the base the policy names.
         var disks = sources
-        if settings.provider == .differencing, let newest = plan.newest, newest.disks.map(\.source) == sources {
-            for (i, d) in newest.disks.enumerated() where i < disks.count {
-                if let leaf = d.providerLeaf, FileOps.exists(FilePath(leaf)) { disks[i] = leaf }
+        let leavesFile = options.stateDirectory.appending("live-leaves").appending("\(policy.name).json")
+        if settings.provider == .differencing {
+            // The leaves recorded at the last snapshot (even one whose job then failed), else the
+            // newest point's, else the disks themselves.
+            let recorded = (try? JSONDecoder().decode([String: String].self, from: Data(contentsOf: URL(fileURLWithPath: leavesFile.string)))) ?? [:]
+            for (i, source) in sources.enumerated() {
+                let fromPoint = plan.newest.flatMap { $0.disks.map(\.source) == sources ? $0.disks[i].providerLeaf : nil }
+                if let leaf = recorded[source] ?? fromPoint, FileOps.exists(FilePath(leaf)) { disks[i] = leaf }
             }
         }
         let writers: [any SnapshotWriter] = settings.writers.map { spec in
@@ -85,6 +90,14 @@ struct PointInTimeCopy {
             throw ProtectionError.crashConsistentRefused(policy: policy.name, reason: "the snapshot was only crash-consistent (\(result.warnings.joined(separator: "; ")))")
         }
         let differencing = result.provider == "differencing"
+        if differencing {
+            // The guest writes into the new leaves from now on: remember them before anything else
+            // can fail, so the next snapshot continues the chain instead of forking it.
+            var leaves: [String: String] = [:]
+            for (source, leaf) in zip(sources, result.newLeaves) { leaves[source] = leaf }
+            try FileOps.makeFolder(leavesFile.removingLastComponent())
+            try JSONEncoder().encode(leaves).write(to: URL(fileURLWithPath: leavesFile.string), options: .atomic)
+        }
         log("snapshot \(result.snapshotID): \(level) by \(result.provider), frozen \(String(format: "%.2f", result.freezeHoldSeconds)) s")
         return PointInTimeCopy(copies: result.copies, newLeaves: differencing ? result.newLeaves.map { Optional($0) } : disks.map { _ in nil },
                                provider: result.provider,
