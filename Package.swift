@@ -19,6 +19,7 @@ let package = Package(
         .library(name: "Targets", targets: ["Targets"]),
         .library(name: "Protection", targets: ["Protection"]),
         .library(name: "Recovery", targets: ["Recovery"]),
+        .library(name: "Replication", targets: ["Replication"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -51,11 +52,13 @@ let package = Package(
         // Protection policies, backup jobs and recovery points, retention, verify, job history,
         // the scheduler and the daemon.
         .target(name: "Protection", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", system, yams, grdb, logging, crypto]),
+        // Copying recovery points between targets: resumable, verified, throttled.
+        .target(name: "Replication", dependencies: ["Storage", "Targets", system]),
         // Restore: disks (and, to come, files and bare metal) from a target, checked against the
         // point's manifest (the checks verify uses, from Protection).
         .target(name: "Recovery", dependencies: ["Storage", "VirtualDisk", "Targets", "Protection", system]),
         // The command-line tool: parses and prints; behaviour lives in the libraries.
-        .executableTarget(name: "bulwark", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", argumentParser, system, logging]),
+        .executableTarget(name: "bulwark", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", "Replication", argumentParser, system, logging]),
 
         // Shared helpers for the tests: temporary folders, external oracles, the built CLI.
         .target(name: "TestSupport", dependencies: [system, "Storage", "VirtualDisk"], path: "Tests/TestSupport"),
@@ -63,7 +66,7 @@ let package = Package(
         .testTarget(name: "ShadowCopyTests", dependencies: ["Storage", "ShadowCopy", "VirtualDisk", "TestSupport"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSMBClient", "CBlkid", "CArchive", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "Storage", "VirtualDisk"]),
-        .testTarget(name: "ProtectionTests", dependencies: ["TestSupport", "Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", yams, logging]),
+        .testTarget(name: "ProtectionTests", dependencies: ["TestSupport", "Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", "Replication", yams, logging]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -216,6 +216,21 @@ public struct RecoveryPoints: Sendable {
         try removeFolderContents(dir)
     }
 
+    /// Removes the hidden temporary files (`.NAME.partial-PID`) that publishing processes left when
+    /// they were killed, in the machine's folder and its points' folders. Only files of processes that
+    /// are gone are removed; call it holding the lease.
+    public func removeStalePartials() {
+        var folders = [folder]
+        folders += ((try? space.contents(of: folder)) ?? []).filter(Self.isVersionName).map(pointFolder)
+        for dir in folders {
+            for name in (try? space.contents(of: dir)) ?? [] where name.hasPrefix(".") {
+                guard let range = name.range(of: ".partial-", options: .backwards),
+                      let pid = Int32(name[range.upperBound...]), !ProcessState.isRunning(pid) else { continue }
+                try? space.remove(dir.appending(name))
+            }
+        }
+    }
+
     /// Removes an incomplete point's folder (no manifest).
     public func removeIncomplete(_ version: String) throws {
         guard manifestNames(in: version).isEmpty else { return }

@@ -100,6 +100,7 @@ public enum BackupOperation {
         defer { lease.release() }
         let points = RecoveryPoints(target: target, machine: policy.machine)
         try await BlockingPool.jobs.run { try FoldJournal.resume(points: points, lease: lease, log: log) }
+        points.removeStalePartials()
         for stale in try points.incompleteVersions() {
             log("removing \(stale): an incomplete point left by a job that did not finish")
             try points.removeIncomplete(stale)

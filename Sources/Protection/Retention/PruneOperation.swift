@@ -55,7 +55,10 @@ public enum PruneOperation {
         let points = RecoveryPoints(target: target, machine: policy.machine)
         let lease = options.dryRun ? nil : try TargetLease.acquire(target, machine: policy.machine, purpose: "prune of policy \(policy.name)")
         defer { lease?.release() }
-        if let lease { try FoldJournal.resume(points: points, lease: lease, log: options.log) }
+        if let lease {
+            try FoldJournal.resume(points: points, lease: lease, log: options.log)
+            points.removeStalePartials()
+        }
         let decisions = try plan(policy: policy, points: points, timeZone: options.timeZone)
         var result = PruneResult(policy: policy.name, machine: policy.machine, dryRun: options.dryRun, decisions: decisions, removed: [],
                                  bytesFreed: 0, seconds: 0)
