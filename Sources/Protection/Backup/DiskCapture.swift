@@ -74,7 +74,13 @@ public struct DiskCapture {
         let size = leaf.virtualSize
         let chunkSize = Self.chunkSize
         let count = Int((size + UInt64(chunkSize) - 1) / UInt64(chunkSize))
-        if let parent { precondition(parent.chunks.count == count, "the caller checks the parent has the same size") }
+        guard size > 0 else {
+            throw ProtectionError.sourceChanged(source: leaf.path.string, reason: "it is empty (0 bytes): nothing to back up")
+        }
+        if let parent, parent.chunks.count != count {
+            // The plan compared the sizes; a source that changed size since (truncated, resized) fails here.
+            throw ProtectionError.sourceChanged(source: leaf.path.string, reason: "it is \(size) bytes now, not the size of the parent point's disk (\(parent.chunks.count) chunks of \(chunkSize) bytes)")
+        }
         var options = CreateOptions(format: .vhdx, type: parent == nil ? .dynamic : .differencing, virtualSize: size, blockSize: chunkSize,
                                     logicalSectorSize: leaf.logicalSectorSize, physicalSectorSize: leaf.physicalSectorSize)
         if let parent {
