@@ -19,6 +19,7 @@ let package = Package(
         .library(name: "Targets", targets: ["Targets"]),
         .library(name: "Protection", targets: ["Protection"]),
         .library(name: "Recovery", targets: ["Recovery"]),
+        .library(name: "Replication", targets: ["Replication"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -54,6 +55,9 @@ let package = Package(
         // Restore: disks (and, to come, files and bare metal) from a target, checked against the
         // point's manifest (the checks verify uses, from Protection).
         .target(name: "Recovery", dependencies: ["Storage", "VirtualDisk", "Targets", "Protection", system]),
+        // Replication of recovery points from one target to another; for now its throttle: a token
+        // bucket whose rate follows a weekly bandwidth schedule, as a decorator of any store.
+        .target(name: "Replication", dependencies: ["Storage", "Targets", system]),
         // The command-line tool: parses and prints; behaviour lives in the libraries.
         .executableTarget(name: "bulwark", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", argumentParser, system, logging]),
 
@@ -63,7 +67,7 @@ let package = Package(
         .testTarget(name: "ShadowCopyTests", dependencies: ["Storage", "ShadowCopy", "VirtualDisk", "TestSupport"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSMBClient", "CBlkid", "CArchive", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "Storage", "VirtualDisk"]),
-        .testTarget(name: "ProtectionTests", dependencies: ["TestSupport", "Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", yams, logging]),
+        .testTarget(name: "ProtectionTests", dependencies: ["TestSupport", "Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", "Replication", yams, logging]),
     ],
     swiftLanguageModes: [.v6]
 )
