@@ -198,6 +198,26 @@ private func window(_ days: String?, _ from: String, _ to: String, _ rate: Strin
         #expect(always.nextChange(after: instant("2026-12-02T06:00:00Z"), in: utc) == nil, "the rate never changes")
     }
 
+    @Test func edgesAcrossDSTChangesInBerlin() throws {
+        let early = BandwidthSchedule(workHours: [try window(nil, "02:30", "06:00", "1MiB/s")])
+        // Spring, 2026-03-29: 02:00 CET jumps to 03:00 CEST (01:00 UTC); 02:30 never happens, so the
+        // window starts at the jump.
+        #expect(early.nextChange(after: instant("2026-03-29T00:00:00Z"), in: berlin) == instant("2026-03-29T01:00:00Z"))
+        #expect(early.rate(at: instant("2026-03-29T01:00:00Z"), in: berlin) == .mebibytes(1))
+        #expect(early.nextChange(after: instant("2026-03-29T01:00:00Z"), in: berlin) == instant("2026-03-29T06:00:00+02:00"))
+        // Autumn, 2026-10-25: 03:00 CEST goes back to 02:00 CET (01:00 UTC); 02:30 happens twice, and
+        // the wall clock leaves the window at the jump back.
+        var changes: [Date] = []
+        var from = instant("2026-10-24T23:00:00Z")
+        for _ in 0..<4 {
+            guard let next = early.nextChange(after: from, in: berlin) else { break }
+            changes.append(next)
+            from = next
+        }
+        #expect(changes == [instant("2026-10-25T00:30:00Z"), instant("2026-10-25T01:00:00Z"),
+                            instant("2026-10-25T01:30:00Z"), instant("2026-10-25T05:00:00Z")])
+    }
+
     @Test func windowAcrossMidnightBelongsToTheDayItStarts() throws {
         let night = BandwidthSchedule(workHours: [try window("fri", "22:00", "06:00", "1MiB/s")], otherHours: .mebibytes(100))
         #expect(night.rate(at: instant("2026-12-04T21:59:59Z"), in: utc) == .mebibytes(100), "Friday before")

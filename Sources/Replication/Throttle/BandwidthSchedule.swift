@@ -209,8 +209,9 @@ public struct BandwidthSchedule: Sendable, Equatable, CustomStringConvertible {
     /// skipped), or nil when the rate never changes. A throttle sleeps no further than this, so a
     /// transfer that runs into a window switches rate at its edge.
     ///
-    /// Edges are wall-clock times in `timeZone`; one that does not exist on a day (skipped by a DST
-    /// change) takes effect when the clock jumps past it.
+    /// Edges are wall-clock times in `timeZone`: one that does not exist on a day (skipped when the
+    /// clocks go forward) takes effect at the jump; one that happens twice (clocks going back) is an
+    /// edge both times, and the jump back itself is one (the wall clock may leave a window there).
     public func nextChange(after date: Date, in timeZone: TimeZone) -> Date? {
         guard !workHours.isEmpty else { return nil }
         let current = rate(at: date, in: timeZone)
@@ -220,6 +221,26 @@ public struct BandwidthSchedule: Sendable, Equatable, CustomStringConvertible {
         // Every edge of the days from yesterday (a window across its midnight ends today) to eight
         // days ahead (a whole week after the next day, so every weekly edge is seen once).
         var edges: [Date] = []
+        func add(_ wall: DateComponents) {
+            guard let edge = calendar.date(from: wall) else { return }
+            let fields: Set<Calendar.Component> = [.day, .hour, .minute]
+            func isWall(_ instant: Date) -> Bool {
+                let local = calendar.dateComponents(fields, from: instant)
+                return local.day == wall.day && local.hour == wall.hour && local.minute == wall.minute
+            }
+            if isWall(edge) {
+                edges.append(edge)
+                // The same wall time once more when the clocks go back (the repeated hour).
+                for other in [edge.addingTimeInterval(-3600), edge.addingTimeInterval(3600)] where isWall(other) {
+                    edges.append(other)
+                }
+            } else if let jump = timeZone.nextDaylightSavingTimeTransition(after: edge.addingTimeInterval(-3 * 3600)), jump <= edge {
+                // Skipped when the clocks go forward: it takes effect at the jump.
+                edges.append(jump)
+            } else {
+                edges.append(edge)
+            }
+        }
         for offset in -1...8 {
             guard let dayNoon = calendar.date(byAdding: .day, value: offset, to: noon) else { continue }
             let day = calendar.dateComponents([.year, .month, .day, .weekday], from: dayNoon)
@@ -230,12 +251,19 @@ public struct BandwidthSchedule: Sendable, Equatable, CustomStringConvertible {
                     let shift = dayShift + minutes / 1440
                     guard let base = shift == 0 ? dayNoon : calendar.date(byAdding: .day, value: shift, to: dayNoon) else { continue }
                     let ymd = calendar.dateComponents([.year, .month, .day], from: base)
-                    let wall = DateComponents(year: ymd.year, month: ymd.month, day: ymd.day,
-                                              hour: (minutes % 1440) / 60, minute: minutes % 60)
-                    if let edge = calendar.date(from: wall), edge > date { edges.append(edge) }
+                    add(DateComponents(year: ymd.year, month: ymd.month, day: ymd.day,
+                                       hour: (minutes % 1440) / 60, minute: minutes % 60))
                 }
             }
         }
+        // A DST change moves the wall clock under a window: the rate may change at the jump itself.
+        var transition = date
+        let horizon = date.addingTimeInterval(9 * 86_400)
+        while let next = timeZone.nextDaylightSavingTimeTransition(after: transition), next < horizon {
+            edges.append(next)
+            transition = next
+        }
+        edges = edges.filter { $0 > date }
         for edge in edges.sorted() where rate(at: edge, in: timeZone) != current {
             return edge
         }
