@@ -441,4 +441,29 @@ private func window(_ days: String?, _ from: String, _ to: String, _ rate: Strin
         #expect(abs(measured - 20) <= 2, "measured \(measured) MiB/s over \(result.elapsed) s")
         #expect(result.worstExcess <= Double(TokenBucket.burst(for: .mebibytes(20))!), "excess \(result.worstExcess) bytes")
     }
+
+    @Test func twoWritersShareOneSpaceRate() async throws {
+        // Two files written at once through one throttled space: together, not each, at 20 MiB/s.
+        let dir = try TempDir("throttle-real")
+        let space = ThrottledSpace(LocalFileSystem(), bucket: TokenBucket(rate: .mebibytes(20)))
+        let start = Date()
+        async let first = offPool { try Self.fill(space, FilePath(dir.file("a")), bytes: 20 * MiB) }
+        async let second = offPool { try Self.fill(space, FilePath(dir.file("b")), bytes: 20 * MiB) }
+        let total = try await first + second
+        let elapsed = Date().timeIntervalSince(start)
+        let measured = Double(total) / elapsed / Double(MiB)
+        #expect(abs(measured - 20) <= 2, "measured \(measured) MiB/s over \(elapsed) s")
+    }
+
+    private static func fill(_ space: ThrottledSpace, _ path: FilePath, bytes: Int) throws -> Int {
+        let store = try space.create(path)
+        defer { try? store.close() }
+        let piece = [UInt8](repeating: 0x5A, count: MiB)
+        var written = 0
+        while written < bytes {
+            try store.write(piece, at: UInt64(written % (8 * MiB)))
+            written += piece.count
+        }
+        return written
+    }
 }
