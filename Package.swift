@@ -52,7 +52,8 @@ let package = Package(
         // Protection policies, backup jobs and recovery points, retention, verify, job history,
         // the scheduler and the daemon.
         .target(name: "Protection", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", system, yams, grdb, logging, crypto]),
-        // Copying recovery points between targets: resumable, verified, throttled.
+        // Copying recovery points between targets: resumable, verified, throttled by a token bucket
+        // whose rate follows a weekly bandwidth schedule (a decorator of any store).
         .target(name: "Replication", dependencies: ["Storage", "Targets", system]),
         // Restore: disks (and, to come, files and bare metal) from a target, checked against the
         // point's manifest (the checks verify uses, from Protection).
