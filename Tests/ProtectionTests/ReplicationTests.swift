@@ -76,3 +76,50 @@ import TestSupport
         #expect(try RecoveryPoints(target: dest, machine: "guest").listing().map(\.version) == [v])
     }
 }
+
+/// `bulwark replicate` killed at random moments (throttled with --limit so the kills land inside
+/// transfers): the destination lists only complete points at every moment, and the next run finishes.
+@Suite(.serialized) struct ReplicationCrashTests {
+    @Test func killedReplicationsResumeAndNeverShowAHalfPoint() async throws {
+        try await offPool { try Self.body() }
+    }
+
+    static func body() throws {
+        let bench = try BackupBench(size: 24 << 20, seed: 81)
+        try bench.write(bench.rng.bytes(20 << 20), at: 0)
+        for day in 0..<3 {
+            try bench.scribble(writes: 3, maxLength: 2 << 20)
+            let r = try run(TestEnv.bulwark, ["backup", "start", "--policy", bench.policyFile], environment: ["BULWARK_STATE_DIR": bench.state])
+            #expect(r.status == 0, "day \(day): \(r.err)")
+        }
+        let source = bench.points
+        let sourceVersions = try source.listing().map(\.version)
+        let destPath = bench.dir.file("dr-site")
+        let dest = RecoveryPoints(target: LocalDirectoryTarget(path: FilePath(destPath)), machine: "guest")
+        let args = ["replicate", "--from", bench.targetPath, "--to", destPath, "--limit", "16MiB/s"]
+        var rng = SeededRandom(seed: 82)
+        var kills = 0, rounds = 0
+        while kills < 20 && rounds < 40 {
+            rounds += 1
+            // Start over now and then, so kills land early in transfers as well as late.
+            if rounds % 7 == 0 { try? FileManager.default.removeItem(atPath: destPath) }
+            let outcome = try KilledRun.run(args, after: UInt32.random(in: 50_000...1_500_000, using: &rng))
+            if outcome.killed { kills += 1 } else { #expect(outcome.status == 0, "\(outcome.err)") }
+            // Whatever the destination lists is whole and reads as on the source.
+            for entry in try dest.listing() {
+                let disk = try dest.manifest(entry.version).disks[0]
+                let chain = try dest.openDisk(entry.version, disk: disk)
+                defer { try? chain.close() }
+                #expect(try chain.leaf.read(count: Int(chain.leaf.virtualSize), at: 0) == (try bench.read(entry.version)), "round \(rounds): \(entry.version)")
+            }
+        }
+        #expect(kills >= 20)
+        let final = try run(TestEnv.bulwark, args + ["--json"])
+        #expect(final.status == 0, "\(final.err)")
+        #expect(try dest.listing().map(\.version) == sourceVersions)
+        let verified = try VerifyOperation.run(target: dest.target, machine: "guest", options: VerifyOptions(record: false))
+        #expect(verified.count == sourceVersions.count && verified.allSatisfy(\.ok))
+        let leftovers = try FileManager.default.subpathsOfDirectory(atPath: dest.folder.string).filter { $0.contains(".partial") || $0.contains("lease.json") }
+        #expect(leftovers.isEmpty, "\(leftovers)")
+    }
+}

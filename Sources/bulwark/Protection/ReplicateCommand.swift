@@ -23,6 +23,11 @@ struct ReplicateCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The destination target.", valueName: "url")) var to: String
     @Option(help: ArgumentHelp("Only this machine.", valueName: "name")) var machine: String?
     @Option(help: ArgumentHelp("Only this version (and the parents the destination lacks); needs --machine.", valueName: "version")) var version: String?
+    @Option(help: ArgumentHelp("Bandwidth limit for what is written to the destination, e.g. 10MiB/s, 500KiB/s, unlimited.", valueName: "rate"),
+            transform: { text in
+                do { return try ByteRate(parsing: text) } catch { throw ValidationError("--limit \(text): \(error)") }
+            })
+    var limit: ByteRate?
     @OptionGroup var printing: OutputOptions
 
     func validate() throws {
@@ -37,7 +42,12 @@ struct ReplicateCommand: AsyncParsableCommand {
         let interruption = Interruption(cancelling: reporter)
         defer { interruption.stop(); bar.finish() }
         let quiet = printing.json
-        let options = ReplicationOptions(machine: machine, version: version, progress: reporter,
+        var wrap: (@Sendable (any ByteStore) -> any ByteStore)? = nil
+        if let limit {
+            let bucket = TokenBucket(rate: limit)
+            wrap = { store in ThrottledStore(store, bucket: bucket, cancellation: reporter) }
+        }
+        let options = ReplicationOptions(machine: machine, version: version, wrapDestination: wrap, progress: reporter,
                                          log: { line in if !quiet { bar.note("replicate: \(line)") } })
         let results = try await BlockingPool.jobs.run { try ReplicationOperation.run(from: source, to: destination, options: options) }
         bar.finish()
