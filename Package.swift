@@ -47,8 +47,9 @@ let package = Package(
         // The VSS analog: writers, providers and the snapshot coordinator.
         .target(name: "ShadowCopy", dependencies: ["Storage", "VirtualDisk", "CLinux", system]),
         // Where backups live: the target protocol ("publish a complete file", list, read back), the
-        // local directory target, the lease, and the on-target catalog and manifests.
-        .target(name: "Targets", dependencies: ["Storage", system, crypto]),
+        // local directory target, the SMB share target (libsmbclient), the lease, and the on-target
+        // catalog and manifests.
+        .target(name: "Targets", dependencies: ["Storage", "CSMBClient", system, crypto]),
         // Protection policies, backup jobs and recovery points, retention, verify, job history,
         // the scheduler and the daemon.
         .target(name: "Protection", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", system, yams, grdb, logging, crypto]),

@@ -69,13 +69,30 @@ extension BackupTarget {
     }
 }
 
-/// Opens the target a location names. Local paths are the embedded default; `smb://` comes with the
-/// SMB target and is refused until then with a clear message.
+/// Opens the target a location names: an absolute path (a local folder, the embedded default) or an
+/// `smb://[domain;]user@host[:port]/share[/path]` URL (an SMB share, through libsmbclient).
 public enum Targets {
+    /// Opens a target that needs no credentials (a local folder). An `smb://` URL is refused with a
+    /// message saying how to give its password.
     public static func open(_ location: String) throws -> any BackupTarget {
+        try open(location, credentials: nil)
+    }
+
+    /// Opens a target; `credentials` are used by `smb://` URLs (the command line reads them from
+    /// `--credentials FILE` or `BULWARK_SMB_PASSWORD`; the library reads no environment). Nothing is
+    /// contacted here: the first call on the target connects.
+    public static func open(_ location: String, credentials: SMBCredentials?) throws -> any BackupTarget {
         if location.hasPrefix("/") { return LocalDirectoryTarget(path: FilePath(location)) }
+        if SMBLocation.isSMB(location) {
+            let smb = try SMBLocation(parsing: location)
+            guard let credentials else { throw SMBError.missingCredentials(location: smb.description) }
+            guard smb.user != nil || credentials.username != nil else {
+                throw TargetError.invalidLocation(smb.description, reason: "no user name: write it in the URL (smb://user@host/share) or as username= in the credentials file")
+            }
+            return SMBTarget(location: smb, credentials: credentials)
+        }
         if let scheme = location.split(separator: ":", maxSplits: 1).first, location.contains("://") {
-            throw TargetError.invalidLocation(location, reason: "targets of kind \(scheme):// are not supported by this build; use a local folder (an absolute path)")
+            throw TargetError.invalidLocation(location, reason: "targets of kind \(scheme):// are not supported by this build; use a local folder (an absolute path) or an smb:// URL")
         }
         throw TargetError.invalidLocation(location, reason: "give an absolute path (e.g. /var/backups/bulwark) or an smb:// URL")
     }
