@@ -365,3 +365,47 @@ func copyTree(_ local: String, to destination: FilePath, in space: any StoreSpac
         #expect(try Targets.open("/var/backups/x") is LocalDirectoryTarget)
     }
 }
+
+/// The command line against a real share: back up to a local folder, replicate to the share, list the
+/// versions from the share alone and restore from it, byte for byte.
+@Suite(.serialized) struct SMBReplicationCLITests {
+    @Test func backupReplicateListAndRestoreFromTheShare() async throws {
+        guard try SambaServer.available() else { return }
+        try await offPool { try Self.body() }
+    }
+
+    static func body() throws {
+        let server = try SambaServer()
+        defer { server.stop() }
+        let bench = try BackupBench(size: 16 << 20, seed: 91)
+        let env = ["BULWARK_STATE_DIR": bench.state]
+        var models: [[UInt8]] = []
+        for _ in 0..<2 {
+            try bench.scribble(writes: 3, maxLength: 1 << 20)
+            let r = try run(TestEnv.bulwark, ["backup", "start", "--policy", bench.policyFile], environment: env)
+            #expect(r.status == 0, "\(r.err)")
+            models.append(bench.model)
+        }
+        let share = server.url(path: "/dr")
+        let replicate = try run(TestEnv.bulwark, ["replicate", "--from", bench.targetPath, "--to", share, "--credentials", server.credentialsFile, "--json"])
+        #expect(replicate.status == 0, "\(replicate.err)")
+        let versions = try run(TestEnv.bulwark, ["versions", "--target", share, "--credentials", server.credentialsFile, "--json"])
+        #expect(versions.status == 0, "\(versions.err)")
+        let rows = try #require(try JSONSerialization.jsonObject(with: versions.stdout) as? [[String: Any]])
+        #expect(rows.map { $0["kind"] as? String } == ["full", "incremental"])
+        for (i, row) in rows.enumerated() {
+            let out = bench.dir.file("from-share-\(i).img")
+            let restore = try run(TestEnv.bulwark, ["restore", "disk", "--target", share, "--credentials", server.credentialsFile,
+                                                    "--version", row["version"] as! String, "--to", out])
+            #expect(restore.status == 0, "\(restore.err)")
+            #expect(try Data(contentsOf: URL(fileURLWithPath: out)) == Data(models[i]), "version \(i) restored from the share byte for byte")
+        }
+        let verify = try run(TestEnv.bulwark, ["verify", "--target", share, "--credentials", server.credentialsFile])
+        #expect(verify.status == 0, "\(verify.out) \(verify.err)")
+        // Without credentials, or with a wrong password: a clear error, non-zero, nothing written.
+        let none = try run(TestEnv.bulwark, ["versions", "--target", share], environment: ["BULWARK_SMB_PASSWORD": ""])
+        #expect(none.status == 64 && none.err.contains("--credentials"), "\(none.err)")
+        let wrong = try run(TestEnv.bulwark, ["versions", "--target", share], environment: ["BULWARK_SMB_PASSWORD": "not-the-password"])
+        #expect(wrong.status != 0 && !wrong.err.contains("not-the-password"), "\(wrong.err)")
+    }
+}

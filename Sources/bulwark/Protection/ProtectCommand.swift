@@ -17,10 +17,11 @@ struct ProtectCommand: ParsableCommand {
     @Option(help: ArgumentHelp("The machine.", valueName: "name")) var machine: String
     @Option(help: ArgumentHelp("The version.", valueName: "version")) var version: String
     @Flag(help: "Remove the protection instead.") var remove = false
+    @OptionGroup var access: CredentialOptions
     @OptionGroup var printing: OutputOptions
 
     func run() throws {
-        let t = try Targets.open(target)
+        let t = try access.open(target)
         let points = RecoveryPoints(target: t, machine: machine)
         _ = try points.manifest(version)
         let lease = try TargetLease.acquire(t, machine: machine, purpose: remove ? "unprotect \(version)" : "protect \(version)")

@@ -28,6 +28,7 @@ struct ReplicateCommand: AsyncParsableCommand {
                 do { return try ByteRate(parsing: text) } catch { throw ValidationError("--limit \(text): \(error)") }
             })
     var limit: ByteRate?
+    @OptionGroup var access: CredentialOptions
     @OptionGroup var printing: OutputOptions
 
     func validate() throws {
@@ -35,8 +36,8 @@ struct ReplicateCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let source = try Targets.open(from)
-        let destination = try Targets.open(to)
+        let source = try access.open(from)
+        let destination = try access.open(to)
         let bar = ProgressBar("replicate")
         let reporter = bar.handler
         let interruption = Interruption(cancelling: reporter)

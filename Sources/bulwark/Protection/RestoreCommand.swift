@@ -28,10 +28,11 @@ struct RestoreDisk: AsyncParsableCommand {
     @Option(help: "The disk's index in the point.") var disk: Int = 0
     @Option(name: .customLong("to"), help: ArgumentHelp("The new image.", valueName: "path")) var destination: String
     @Option(help: "raw, vhd or vhdx (default: from the extension; raw for others).") var format: DiskFormat?
+    @OptionGroup var access: CredentialOptions
     @OptionGroup var printing: OutputOptions
 
     func run() async throws {
-        let t = try Targets.open(target)
+        let t = try access.open(target)
         let machines = try RecoveryPoints.machines(on: t)
         guard let machine = machine ?? (machines.count == 1 ? machines[0] : nil) else {
             throw TargetError.machineNotFound(target: t.location, machine: "(give --machine)", known: machines)

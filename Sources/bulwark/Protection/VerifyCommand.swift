@@ -15,6 +15,7 @@ struct VerifyCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Only this machine (default: every machine on the target).", valueName: "name")) var machine: String?
     @Option(help: ArgumentHelp("Only this version (needs --machine).", valueName: "version")) var version: String?
     @Flag(help: "Read only: do not record the results on the target.") var noRecord = false
+    @OptionGroup var access: CredentialOptions
     @OptionGroup var printing: OutputOptions
 
     func validate() throws {
@@ -22,7 +23,7 @@ struct VerifyCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let t = try Targets.open(target)
+        let t = try access.open(target)
         let machines = try machine.map { [$0] } ?? RecoveryPoints.machines(on: t)
         let bar = ProgressBar("verify")
         let reporter = bar.handler

@@ -14,6 +14,7 @@ struct VersionsCommand: ParsableCommand {
 
     @Option(help: ArgumentHelp("The target: a local folder (or smb://... with the SMB target).", valueName: "url")) var target: String
     @Option(help: ArgumentHelp("Only this machine's points.", valueName: "name")) var machine: String?
+    @OptionGroup var access: CredentialOptions
     @OptionGroup var printing: OutputOptions
 
     struct Row: Encodable {
@@ -35,7 +36,7 @@ struct VersionsCommand: ParsableCommand {
     }
 
     func run() throws {
-        let t = try Targets.open(target)
+        let t = try access.open(target)
         let machines = try machine.map { [$0] } ?? RecoveryPoints.machines(on: t)
         if let machine, try !RecoveryPoints.machines(on: t).contains(machine) {
             throw TargetError.machineNotFound(target: t.location, machine: machine, known: try RecoveryPoints.machines(on: t))

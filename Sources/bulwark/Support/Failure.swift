@@ -138,6 +138,7 @@ extension Failure {
         case let e as ProtectionError: say(e, hints(for: e)); return ExitCode(ExitStatus.of(e))
         case let e as TargetError: say(e, hints(for: e)); return ExitCode(ExitStatus.of(e))
         case let e as HistoryError: say(e); return ExitCode(ExitStatus.ioError)
+        case let e as SMBError: say(e); return ExitCode(ExitStatus.of(e))
         case is OperationCancelled: say(error); return ExitCode(ExitStatus.failed)
         default: return error
         }
@@ -163,6 +164,16 @@ extension Failure {
 }
 
 extension ExitStatus {
+    static func of(_ error: SMBError) -> Int32 {
+        switch error {
+        case .shareNotFound: notFound
+        case .diskFull: noSpace
+        case .unreachable, .connectionLost: ioError
+        case .logonFailed, .accessDenied, .writeDenied: failed
+        case .credentialsFile, .missingCredentials: usage
+        }
+    }
+
     static func of(_ error: ProtectionError) -> Int32 {
         switch error {
         case .sourceMissing: notFound

@@ -1,6 +1,8 @@
 import ArgumentParser
 import SystemPackage
 import ShadowCopy
+import Targets
+import Foundation
 
 /// `--json`, shared by every command that prints a result, so the flag reads the same everywhere.
 struct OutputOptions: ParsableArguments {
@@ -26,4 +28,23 @@ struct StateOptions: ParsableArguments {
     var stateDir: String?
 
     var directory: FilePath { FilePath(WriterStateStore.resolveDirectory(stateDir)) }
+}
+
+/// `--credentials FILE` for `smb://` targets: a mount.cifs-style file (username=, password=, domain=;
+/// refused unless only its owner may read it), else the password in $BULWARK_SMB_PASSWORD with the
+/// URL's user. Never on the command line.
+struct CredentialOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Credentials for smb:// targets: a file with username=, password=, domain= lines, mode 0600 (else $BULWARK_SMB_PASSWORD).", valueName: "file"))
+    var credentials: String?
+
+    /// Opens a target location with these credentials where it needs them.
+    func open(_ location: String) throws -> any BackupTarget {
+        guard SMBLocation.isSMB(location) else { return try Targets.open(location) }
+        if let credentials { return try Targets.open(location, credentials: SMBCredentials(file: FilePath(credentials))) }
+        if let password = ProcessInfo.processInfo.environment["BULWARK_SMB_PASSWORD"], !password.isEmpty {
+            let parsed = try SMBLocation(parsing: location)
+            return try Targets.open(location, credentials: SMBCredentials(username: parsed.user, password: password, domain: parsed.domain))
+        }
+        return try Targets.open(location, credentials: nil)
+    }
 }
