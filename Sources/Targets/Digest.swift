@@ -1,5 +1,7 @@
 import Crypto
 import Foundation
+import Storage
+import SystemPackage
 
 /// SHA-256 digests as the target's files record them (lower-case hex).
 public enum Digest {
@@ -34,6 +36,30 @@ public enum Digest {
         return value
     }
     private static let zeroCache = Mutex<[Int: String]>([:])
+
+    /// Size and SHA-256 of a whole file in `space`, read in 8 MiB pieces: what manifests record
+    /// per image file, and what verify and replication check files against.
+    public static func file(_ path: FilePath, in space: any StoreSpace, progress: ProgressReporter? = nil) throws -> (size: UInt64, sha256: String) {
+        let store = try space.open(path, writable: false)
+        defer { try? store.close() }
+        store.advise(.sequential)
+        let size = try store.size()
+        var hasher = Stream()
+        let piece = 8 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: piece, alignment: 4096)
+        defer { buffer.deallocate() }
+        var offset: UInt64 = 0
+        while offset < size {
+            let n = Int(min(UInt64(piece), size - offset))
+            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<n])
+            try store.read(into: slice, at: offset)
+            hasher.update(UnsafeRawBufferPointer(slice))
+            offset += UInt64(n)
+            try progress?.checkCancelled()
+        }
+        store.advise(.dontNeed(0..<size))
+        return (size, hasher.finish())
+    }
 }
 
 import Synchronization

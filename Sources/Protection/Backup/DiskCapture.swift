@@ -165,7 +165,7 @@ public struct DiskCapture {
             }
             // The image file's checksum is taken while the publish makes it durable.
             let temporary = staged.temporaryPath, space = self.space
-            try staged.publish(alongside: { fileDigest.withLock { $0 = Swift.Result { try Self.fileDigest(temporary, in: space) } } })
+            try staged.publish(alongside: { fileDigest.withLock { $0 = Swift.Result { try Digest.file(temporary, in: space) } } })
         } catch {
             staged.discard()
             throw error
@@ -175,29 +175,6 @@ public struct DiskCapture {
         }
         return Result(chunks: chunks, changedBytes: changed, bytesRead: read, bytesWritten: written, imageSize: imageSize,
                       imageSHA256: imageDigest, virtualSize: size, logicalSectorSize: leaf.logicalSectorSize, physicalSectorSize: leaf.physicalSectorSize)
-    }
-
-    /// Size and SHA-256 of a whole file in `space`, read in 8 MiB pieces.
-    public static func fileDigest(_ path: FilePath, in space: any StoreSpace, progress: ProgressReporter? = nil) throws -> (UInt64, String) {
-        let store = try space.open(path, writable: false)
-        defer { try? store.close() }
-        store.advise(.sequential)
-        let size = try store.size()
-        var hasher = Digest.Stream()
-        let piece = 8 << 20
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: piece, alignment: 4096)
-        defer { buffer.deallocate() }
-        var offset: UInt64 = 0
-        while offset < size {
-            let n = Int(min(UInt64(piece), size - offset))
-            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<n])
-            try store.read(into: slice, at: offset)
-            hasher.update(UnsafeRawBufferPointer(slice))
-            offset += UInt64(n)
-            try progress?.checkCancelled()
-        }
-        store.advise(.dontNeed(0..<size))
-        return (size, hasher.finish())
     }
 }
 

@@ -117,7 +117,7 @@ struct FoldJournal: Codable {
                 if let grandImage, space.exists(grandImage) {
                     _ = try ReparentOperation.reparent(child: grandImage, parent: childImage)
                 }
-                let (size, digest) = try DiskCapture.fileDigest(childImage, in: space)
+                let (size, digest) = try Digest.file(childImage, in: space)
                 childManifest.disks[i].imageSize = size
                 childManifest.disks[i].imageSHA256 = digest
                 childManifest.disks[i].parentImage = removed.disks[i].parentImage
@@ -127,7 +127,7 @@ struct FoldJournal: Codable {
                 var m = try points.manifest(grandchild)
                 if m.revision <= base {
                     for (i, disk) in m.disks.enumerated() {
-                        let (size, digest) = try DiskCapture.fileDigest(points.pointFolder(grandchild).appending(disk.image), in: space)
+                        let (size, digest) = try Digest.file(points.pointFolder(grandchild).appending(disk.image), in: space)
                         m.disks[i].imageSize = size
                         m.disks[i].imageSHA256 = digest
                     }

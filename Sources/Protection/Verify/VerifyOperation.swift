@@ -117,7 +117,7 @@ public enum VerifyOperation {
                     result.notes.append("\(disk.image): an interrupted prune is re-linking this point's files; its data verified, its file digests are checked once a job finishes the prune")
                     continue
                 }
-                let (size, digest) = try DiskCapture.fileDigest(path, in: space, progress: options.progress)
+                let (size, digest) = try Digest.file(path, in: space, progress: options.progress)
                 result.bytesRead += size
                 guard size == disk.imageSize, digest == disk.imageSHA256 else {
                     result.ok = false

@@ -98,17 +98,6 @@ struct FileTransfer {
     }
 
     func digest(of path: FilePath, in space: any StoreSpace) throws -> String {
-        let store = try space.open(path, writable: false)
-        defer { try? store.close() }
-        let size = try store.size()
-        var hasher = Digest.Stream()
-        let piece = max(pieceSize, 4 << 20)
-        var offset: UInt64 = 0
-        while offset < size {
-            let n = Int(min(UInt64(piece), size - offset))
-            hasher.update(try store.read(count: n, at: offset))
-            offset += UInt64(n)
-        }
-        return hasher.finish()
+        try Digest.file(path, in: space, progress: cancel).sha256
     }
 }
