@@ -52,7 +52,7 @@ let package = Package(
         .target(name: "Targets", dependencies: ["Storage", "CSMBClient", system, crypto]),
         // Protection policies, backup jobs and recovery points, retention, verify, job history,
         // the scheduler and the daemon.
-        .target(name: "Protection", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", system, yams, grdb, logging, crypto]),
+        .target(name: "Protection", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", "Replication", system, yams, grdb, logging, crypto]),
         // Copying recovery points between targets: resumable, verified, throttled by a token bucket
         // whose rate follows a weekly bandwidth schedule (a decorator of any store).
         .target(name: "Replication", dependencies: ["Storage", "Targets", system]),

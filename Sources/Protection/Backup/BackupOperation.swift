@@ -81,7 +81,7 @@ public enum BackupOperation {
         let started = Date()
         let now = options.now ?? started
         let log = options.log ?? { _ in }
-        let target = try Targets.open(policy.target)
+        let target = try policy.openTarget()
         if let problem = target.writableProblem() { throw ProtectionError.targetUnusable(target: target.location, reason: problem) }
         let sources = policy.sources.map { source -> String in
             switch source { case let .disk(path): return path }

@@ -44,7 +44,8 @@ public struct RetryRule: Sendable, Equatable {
 }
 
 /// What the scheduler knows of a policy: its name, the schedule of each job kind it runs on its own,
-/// the event that makes the next backup a full one, and its retry rule.
+/// the kinds that follow each successful backup, the event that makes the next backup a full one, and
+/// its retry rule.
 public struct ScheduledPolicy: Sendable {
     public var name: String
     /// The schedule of each kind (`backup`, `verify`; later `prune`, `replication`).
@@ -52,25 +53,32 @@ public struct ScheduledPolicy: Sendable {
     /// When it has fired since the last scheduled backup, the next backup is a full one.
     public var full: ScheduleEvent?
     public var retry: RetryRule
+    /// Kinds queued (trigger `after-backup`) each time a backup of the policy ends ok or
+    /// ok-with-warnings: `replication` for a policy with `replicate:`.
+    public var afterBackup: [JobKind]
 
-    public init(name: String, schedules: [JobKind: ScheduleEvent], full: ScheduleEvent? = nil, retry: RetryRule = .none) {
+    public init(name: String, schedules: [JobKind: ScheduleEvent], full: ScheduleEvent? = nil, retry: RetryRule = .none,
+                afterBackup: [JobKind] = []) {
         self.name = name
         self.schedules = schedules
         self.full = full
         self.retry = retry
+        self.afterBackup = afterBackup
     }
 
-    public init(name: String, backup: ScheduleEvent? = nil, full: ScheduleEvent? = nil, verify: ScheduleEvent? = nil, retry: RetryRule = .none) {
+    public init(name: String, backup: ScheduleEvent? = nil, full: ScheduleEvent? = nil, verify: ScheduleEvent? = nil, retry: RetryRule = .none,
+                afterBackup: [JobKind] = []) {
         var schedules: [JobKind: ScheduleEvent] = [:]
         schedules[.backup] = backup
         schedules[.verify] = verify
-        self.init(name: name, schedules: schedules, full: full, retry: retry)
+        self.init(name: name, schedules: schedules, full: full, retry: retry, afterBackup: afterBackup)
     }
 
     /// One line describing the schedules, for logs and for telling what a reload changed.
     public var summary: String {
         var parts = JobKind.allCases.compactMap { kind in schedules[kind].map { "\(kind.rawValue) \"\($0.text)\"" } }
         if let full { parts.append("full \"\(full.text)\"") }
+        for kind in afterBackup { parts.append("\(kind.rawValue) after each backup") }
         if retry.attempts > 1 { parts.append("retry \(retry.attempts) attempts \(Int(retry.delay)) s apart") }
         return parts.isEmpty ? "no schedule" : parts.joined(separator: ", ")
     }
@@ -166,6 +174,9 @@ public struct PolicyChanges: Sendable, Equatable {
 /// - A job that ends `failed-retryable` is tried again `retry.delay` seconds after it ended, up to
 ///   `retry.attempts` tries in all, with trigger `retry`; a fresh fire of the same schedule replaces a
 ///   waiting retry.
+/// - When a backup ends ok (or ok with warnings), each of its policy's `afterBackup` kinds is queued to
+///   start at once (trigger `after-backup`), as one pending job per kind: a replication still waiting
+///   when the next backup ends answers both.
 public struct Scheduler: Sendable {
     /// How late a fire time may be handled and still count as on time.
     public let grace: TimeInterval
@@ -288,6 +299,13 @@ public struct Scheduler: Sendable {
     public mutating func jobEnded(_ job: DueJob, status: JobStatus, now: Date) {
         if running[job.policy]?.key == job.key { running[job.policy] = nil }
         guard let policy = policies[job.policy] else { return }
+        if job.kind == .backup, status.isSuccess {
+            for kind in policy.afterBackup where kind != .backup {
+                let key = ScheduleKey(policy: job.policy, kind: kind)
+                if let waiting = pending[key], waiting.trigger != .retry { continue }
+                pending[key] = DueJob(policy: job.policy, kind: kind, trigger: .afterBackup, fired: now, notBefore: now)
+            }
+        }
         if status == .failedRetryable, job.attempt < policy.retry.attempts {
             var retry = job
             retry.attempt += 1
@@ -349,6 +367,10 @@ public struct Scheduler: Sendable {
             if old == nil { changes.added.append(name) } else if old!.summary != policy.summary { changes.changed.append(name) }
             for kind in JobKind.allCases {
                 let key = ScheduleKey(policy: name, kind: kind)
+                if let waiting = pending[key], policy.schedules[kind] == nil, !policy.afterBackup.contains(kind),
+                   waiting.trigger == .afterBackup || old?.schedules[kind] == nil {
+                    pending[key] = nil   // it followed backups, and no longer does
+                }
                 let before = old?.schedules[kind]?.text
                 guard let event = policy.schedules[kind] else {
                     if before != nil { pending[key] = nil; checked[key] = nil; marks[key] = nil }

@@ -245,6 +245,14 @@ public final class JobHistory: Sendable {
         }
     }
 
+    /// The job of `policy` and `kind` that was queued first (whatever its status).
+    public func firstRun(policy: String, kind: JobKind) throws -> JobRecord? {
+        try read("read the first \(kind.rawValue) of \(policy)") { db in
+            try JobRecord.filter(Column("policy") == policy && Column("kind") == kind.rawValue)
+                .order(Column("queued").asc, Column("id").asc).fetchOne(db)
+        }
+    }
+
     /// The job of `policy` and `kind` that started last among those that ended `ok` or
     /// `ok-with-warnings`.
     public func lastSuccess(policy: String, kind: JobKind) throws -> JobRecord? {

@@ -32,6 +32,8 @@ public enum JobTrigger: String, Codable, Sendable {
     case catchUp = "catch-up"
     /// An earlier attempt failed with a retryable error.
     case retry
+    /// A backup of its policy ended well (a replication follows each backup).
+    case afterBackup = "after-backup"
 }
 
 /// One row of the job history: everything `bulwark jobs show --json` prints, so the command line needs

@@ -1,4 +1,5 @@
 import Foundation
+import Replication
 import ShadowCopy
 import Storage
 import SystemPackage
@@ -10,6 +11,7 @@ public struct JobResult: Sendable {
     public var backup: BackupResult?
     public var prune: PruneResult?
     public var verify: [VerifyResult]?
+    public var replication: [ReplicationResult]?
     /// The error that failed the job, as thrown (the command line picks its exit status by type).
     public var error: (any Error)?
     public var isCanceled: Bool { outcome.status == .canceled }
@@ -94,7 +96,7 @@ public struct JobRunner: Sendable {
         let reporter = progress ?? ProgressReporter()
         let log = self.log
         do {
-            let target = try Targets.open(policy.target)
+            let target = try policy.openTarget()
             let results = try await withTaskCancellationHandler {
                 try await BlockingPool.jobs.run {
                     try VerifyOperation.run(target: target, machine: policy.machine,
@@ -120,6 +122,8 @@ public struct JobRunner: Sendable {
         case is OperationCancelled, is CancellationError: status = .canceled
         case let e as ProtectionError where e.isRetryable: status = .failedRetryable
         case TargetError.leased: status = .failedRetryable
+        // The share may be back at the next try; a wrong password or a full share will not be.
+        case SMBError.connectionLost, SMBError.unreachable: status = .failedRetryable
         default: status = .failed
         }
         return JobResult(outcome: JobOutcome(status: status, target: target, error: "\(error)"), error: error)

@@ -9,6 +9,7 @@ extension Policy {
             }
         }
         return ScheduledPolicy(name: name, backup: event(schedule), full: event(full), verify: event(verify),
-                               retry: RetryRule(attempts: max(0, retry.attempts) + 1, delay: retry.delay))
+                               retry: RetryRule(attempts: max(0, retry.attempts) + 1, delay: retry.delay),
+                               afterBackup: replicate == nil ? [] : [.replication])
     }
 }

@@ -1,8 +1,9 @@
 import Foundation
+import Replication
 
 /// One protection policy: what to back up (`sources`), how to make it consistent (`consistency`),
 /// where the recovery points go (`target`), when jobs run (`schedule`, `full`, `verify`) and how many
-/// points stay (`keep`). Loaded from a YAML file in `policies/` by `PolicyLoader`; README "Policies"
+/// points stay (`keep`), and where they are copied to (`replicate`). Loaded from a YAML file in `policies/` by `PolicyLoader`; README "Policies"
 /// documents every key.
 public struct Policy: Sendable, Equatable {
     /// The policy's name (`[A-Za-z0-9._-]+`): job history and logs name jobs by it.
@@ -13,9 +14,12 @@ public struct Policy: Sendable, Equatable {
     /// The disks captured, at least one.
     public var sources: [PolicySource]
     public var consistency: ConsistencySettings
-    /// A local absolute path, or `smb://host/share[/path]` (only its shape is checked here: the share
-    /// is reached by the replication and target code).
+    /// A local absolute path, or `smb://[domain;]user@host[:port]/share[/path]` (only its shape is
+    /// checked here: the share is reached by the target code).
     public var target: String
+    /// The credentials file (mount.cifs format, mode 0600) for an `smb://` target; required for one,
+    /// refused for a local one. The password stays in that file: never in the policy.
+    public var credentials: String?
     /// When scheduled jobs run; nil: manual jobs only.
     public var schedule: CalendarEvent?
     /// When a scheduled run is a full backup instead of an incremental one.
@@ -24,22 +28,27 @@ public struct Policy: Sendable, Equatable {
     /// When the scheduled verify job runs; nil: no scheduled verify.
     public var verify: CalendarEvent?
     public var retry: RetrySettings
+    /// Where the points are replicated after each backup; nil: nowhere.
+    public var replicate: ReplicationSettings?
     /// The file the policy was loaded from (nil when parsed from a string without one).
     public var file: String?
 
     public init(name: String, machine: String, sources: [PolicySource], consistency: ConsistencySettings = ConsistencySettings(),
-                target: String, schedule: CalendarEvent? = nil, full: CalendarEvent? = nil, keep: KeepRules = KeepRules(),
-                verify: CalendarEvent? = nil, retry: RetrySettings = RetrySettings(), file: String? = nil) {
+                target: String, credentials: String? = nil, schedule: CalendarEvent? = nil, full: CalendarEvent? = nil,
+                keep: KeepRules = KeepRules(), verify: CalendarEvent? = nil, retry: RetrySettings = RetrySettings(),
+                replicate: ReplicationSettings? = nil, file: String? = nil) {
         self.name = name
         self.machine = machine
         self.sources = sources
         self.consistency = consistency
         self.target = target
+        self.credentials = credentials
         self.schedule = schedule
         self.full = full
         self.keep = keep
         self.verify = verify
         self.retry = retry
+        self.replicate = replicate
         self.file = file
     }
 }
@@ -117,5 +126,43 @@ public struct RetrySettings: Sendable, Equatable {
     public init(attempts: Int = 2, delay: Double = 300) {
         self.attempts = attempts
         self.delay = delay
+    }
+}
+
+/// A policy's `replicate:` section: the second target every point is copied to after each backup
+/// (DPM's backup replication, Hyper-V Replica's replica site), at the bandwidth the schedule allows.
+/// YAML:
+/// ```yaml
+/// replicate:
+///   to: smb://backup@dr-site:445/bulwark
+///   credentials: /etc/bulwark/dr-site.cred
+///   throttle:
+///     work-hours: {days: mon..fri, from: "08:00", to: "18:00", rate: 10MiB/s}
+///     other-hours: unlimited
+///   keep: {last: 14, monthly: 12}
+///   alert-after: 24h
+/// ```
+public struct ReplicationSettings: Sendable, Equatable {
+    /// The destination: a local absolute path or an `smb://` URL, as `target`.
+    public var to: String
+    /// The credentials file for an `smb://` destination (required for one).
+    public var credentials: String?
+    /// The bandwidth over the week; default unlimited. `throttle: 20MiB/s` is a fixed rate.
+    public var throttle: BandwidthSchedule
+    /// Retention on the destination; nil: the destination keeps every point it receives (retention on
+    /// the source never deletes there).
+    public var keep: KeepRules?
+    /// Seconds without a successful replication after which `jobs list` and the daemon's log warn
+    /// (Hyper-V Replica's health warning). Default 24 h.
+    public var alertAfter: Double
+    public static let defaultAlertAfter: Double = 86_400
+
+    public init(to: String, credentials: String? = nil, throttle: BandwidthSchedule = .unlimited, keep: KeepRules? = nil,
+                alertAfter: Double = ReplicationSettings.defaultAlertAfter) {
+        self.to = to
+        self.credentials = credentials
+        self.throttle = throttle
+        self.keep = keep
+        self.alertAfter = alertAfter
     }
 }

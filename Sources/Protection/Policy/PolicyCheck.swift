@@ -1,4 +1,6 @@
 import Foundation
+import SystemPackage
+import Targets
 
 /// `bulwark policy check`: everything that would make a policy fail or surprise at its first run,
 /// found before that run: the parse errors, then what the values point at on this machine (disks,
@@ -53,6 +55,25 @@ public enum PolicyCheck {
             }
         }
 
+        if let file = policy.credentials, let problem = credentialsProblem(file) {
+            add(locations.credentials, .error, problem.message, fix: problem.fix)
+        }
+
+        // Replication.
+        if let replicate = policy.replicate {
+            if replicate.to.hasPrefix("/") {
+                for diagnostic in targetProblems(replicate.to) {
+                    add(locations.replicate, diagnostic.severity, "replicate: " + diagnostic.message, fix: diagnostic.fix)
+                }
+            }
+            if let file = replicate.credentials, let problem = credentialsProblem(file) {
+                add(locations.replicateCredentials, .error, "replicate: " + problem.message, fix: problem.fix)
+            }
+            if replicate.to == policy.target {
+                add(locations.replicate, .error, "replicate 'to' is the policy's own target", fix: "name a second target, at another site")
+            }
+        }
+
         // Consistency.
         let consistency = policy.consistency
         if consistency.writers.isEmpty, !consistency.allowCrashConsistent, consistency.provider != .none {
@@ -90,6 +111,19 @@ public enum PolicyCheck {
             return ("is not readable by this user", "run as the user the jobs run as (usually root), or fix its permissions")
         }
         return nil
+    }
+
+    /// Whether a credentials file can be used (exists, private, has a password): read it as the job
+    /// will, and report why not without ever showing what is in it.
+    static func credentialsProblem(_ file: String) -> (message: String, fix: String)? {
+        do {
+            _ = try SMBCredentials(file: FilePath(file))
+            return nil
+        } catch let SMBError.credentialsFile(path, reason) {
+            return ("credentials file '\(path)': \(reason)", "create it with username=, password= (and domain=) lines, owned by the job's user, mode 0600")
+        } catch {
+            return ("credentials file '\(file)': \(error)", "check the file")
+        }
     }
 
     static func targetProblems(_ path: String) -> [(severity: PolicyDiagnostic.Severity, message: String, fix: String)] {

@@ -6,10 +6,14 @@ import Yams
 /// and column and every problem in a file is reported at once, each with a fix.
 public enum PolicyLoader {
     /// The top-level keys, in the order README "Policies" documents them.
-    public static let keys = ["name", "machine", "sources", "consistency", "target", "schedule", "full", "keep", "verify", "retry"]
+    public static let keys = ["name", "machine", "sources", "consistency", "target", "credentials", "schedule", "full", "keep", "verify", "retry",
+                              "replicate"]
     static let consistencyKeys = ["writers", "provider", "allow-crash-consistent", "hold-timeout", "snapshot-dir"]
     static let writerKeys = ["qga", "mountpoints", "hook", "timeout", "fsfreeze"]
     static let retryKeys = ["attempts", "delay"]
+    static let replicateKeys = ["to", "credentials", "throttle", "keep", "alert-after"]
+    static let throttleKeys = ["work-hours", "other-hours"]
+    static let windowKeys = ["days", "from", "to", "rate"]
 
     /// Reads and parses `file`; throws `PolicyError` with every problem found.
     public static func load(file: String) throws -> Policy {
@@ -58,6 +62,9 @@ public enum PolicyLoader {
         var root = PolicyLocation(line: 1, column: 1)
         var sources: [PolicyLocation] = []
         var target = PolicyLocation.file
+        var credentials = PolicyLocation.file
+        var replicate = PolicyLocation.file
+        var replicateCredentials = PolicyLocation.file
         var schedule = PolicyLocation.file
         var full = PolicyLocation.file
         var verify = PolicyLocation.file
@@ -112,8 +119,10 @@ public enum PolicyLoader {
         var target: String?
         if let node = reader.required(entries, "target", in: root, fix: "add `target: /var/backups/bulwark` (a local folder) or an smb:// URL") {
             locations.target = PolicyReader.location(node)
-            target = reader.target(node)
+            target = reader.location(node, "target")
         }
+        if let entry = entries["credentials"] { locations.credentials = PolicyReader.location(entry.value) }
+        let credentials = reader.credentials(entries["credentials"], for: target, key: "credentials", at: root)
         var consistency = ConsistencySettings()
         if let entry = entries["consistency"] {
             locations.consistency = PolicyReader.location(entry.key)
@@ -140,11 +149,19 @@ public enum PolicyLoader {
             retry = reader.retry(entry.value) ?? retry
         }
 
+        var replicate: ReplicationSettings?
+        if let entry = entries["replicate"], !PolicyReader.isNull(entry.value) {
+            locations.replicate = PolicyReader.location(entry.key)
+            if case let .mapping(m) = entry.value, let c = m.first(where: { $0.key.scalar?.string == "credentials" })?.value { locations.replicateCredentials = PolicyReader.location(c) }
+            replicate = reader.replicate(entry.value)
+        }
+
         guard reader.diagnostics.isEmpty, let name, let machine, let sources, let target else {
             return (nil, reader.diagnostics, locations)
         }
         let policy = Policy(name: name, machine: machine, sources: sources, consistency: consistency, target: target,
-                            schedule: schedule, full: full, keep: keep, verify: verify, retry: retry, file: file)
+                            credentials: credentials, schedule: schedule, full: full, keep: keep, verify: verify, retry: retry,
+                            replicate: replicate, file: file)
         return (policy, [], locations)
     }
 

@@ -46,33 +46,6 @@ extension PolicyReader {
         return failed ? nil : result
     }
 
-    /// A local absolute path, or `smb://HOST/SHARE[/PATH]`.
-    mutating func target(_ node: Node) -> String? {
-        guard let value = string(node, "'target'") else { return nil }
-        let fix = "write a local folder (/var/backups/bulwark) or smb://host/share/path"
-        if value.hasPrefix("/") { return value }
-        if let scheme = value.range(of: "://") {
-            let name = value[..<scheme.lowerBound].lowercased()
-            guard name == "smb" else {
-                error(node, "target scheme '\(name)' is not supported (only local folders and smb://)", fix: fix)
-                return nil
-            }
-            let rest = value[scheme.upperBound...].split(separator: "/", omittingEmptySubsequences: true)
-            let host = rest.first ?? ""
-            guard !host.contains("@") else {
-                error(node, "target '\(value)' carries credentials", fix: "remove the user and password from the URL (they would land in logs and manifests)")
-                return nil
-            }
-            guard rest.count >= 2 else {
-                error(node, "target '\(value)' names no host and share", fix: fix)
-                return nil
-            }
-            return value
-        }
-        error(node, "target '\(value)' is neither an absolute path nor an smb:// URL", fix: fix)
-        return nil
-    }
-
     mutating func consistency(_ node: Node, locations: inout PolicyLoader.Locations) -> ConsistencySettings? {
         guard let entries = mapping(node, "'consistency'", allowed: PolicyLoader.consistencyKeys) else { return nil }
         var settings = ConsistencySettings()

@@ -50,8 +50,15 @@ public struct PruneOptions: Sendable {
 /// every step can be repeated; a prune or backup that finds the file finishes the fold first.
 public enum PruneOperation {
     public static func run(policy: Policy, options: PruneOptions) throws -> PruneResult {
+        try run(target: try policy.openTarget(), machine: policy.machine, keep: policy.keep, policy: policy.name, options: options)
+    }
+
+    /// Retention on any target: `policy` nil applies `keep` to all of the machine's points (a
+    /// replication destination's `keep`), else only to that policy's.
+    public static func run(target: any BackupTarget, machine: String, keep: KeepRules, policy name: String? = nil,
+                           options: PruneOptions) throws -> PruneResult {
         let started = Date()
-        let target = try Targets.open(policy.target)
+        let policy = (name: name ?? "replication", machine: machine, keep: keep)
         let points = RecoveryPoints(target: target, machine: policy.machine)
         let lease = options.dryRun ? nil : try TargetLease.acquire(target, machine: policy.machine, purpose: "prune of policy \(policy.name)")
         defer { lease?.release() }
@@ -59,7 +66,7 @@ public enum PruneOperation {
             try FoldJournal.resume(points: points, lease: lease, log: options.log)
             points.removeStalePartials()
         }
-        let decisions = try plan(policy: policy, points: points, timeZone: options.timeZone)
+        let decisions = try plan(keep: keep, policy: name, points: points, timeZone: options.timeZone)
         var result = PruneResult(policy: policy.name, machine: policy.machine, dryRun: options.dryRun, decisions: decisions, removed: [],
                                  bytesFreed: 0, seconds: 0)
         if let lease {
@@ -86,11 +93,16 @@ public enum PruneOperation {
 
     /// The keep/remove decision for each of the policy's points, newest first.
     public static func plan(policy: Policy, points: RecoveryPoints, timeZone: TimeZone) throws -> [PruneDecision] {
-        let mine = try points.listing().filter { $0.policy == policy.name }
+        try plan(keep: policy.keep, policy: policy.name, points: points, timeZone: timeZone)
+    }
+
+    /// The decisions for `policy`'s points (all the machine's when nil).
+    public static func plan(keep: KeepRules, policy: String?, points: RecoveryPoints, timeZone: TimeZone) throws -> [PruneDecision] {
+        let mine = try points.listing().filter { policy == nil || $0.policy == policy }
         let candidates = mine.map { entry in
             RetentionCandidate(id: entry.version, time: ISO8601DateFormatter().date(from: entry.time) ?? Date.distantPast, protected: entry.protected)
         }
-        let verdicts = Dictionary(policy.keep.evaluate(candidates, in: timeZone).map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        let verdicts = Dictionary(keep.evaluate(candidates, in: timeZone).map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         let childOf = Dictionary(mine.compactMap { e in e.parent.map { ($0, e.version) } }, uniquingKeysWith: { a, _ in a })
         let protected = Set(mine.filter(\.protected).map(\.version))
         return mine.reversed().map { entry in

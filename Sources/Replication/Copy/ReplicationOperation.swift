@@ -15,15 +15,19 @@ public struct ReplicationOptions: Sendable {
     public var log: (@Sendable (String) -> Void)?
     /// The size of a transfer piece, and of the tail re-checked when a transfer resumes.
     public var pieceSize: Int
+    /// Ship only points newer than the destination's newest: for a destination with retention of its
+    /// own, which must not get back the points it removed.
+    public var onlyNewer: Bool
 
     public init(machine: String? = nil, version: String? = nil, wrapDestination: (@Sendable (any ByteStore) -> any ByteStore)? = nil,
-                progress: ProgressReporter? = nil, log: (@Sendable (String) -> Void)? = nil, pieceSize: Int = 4 << 20) {
+                progress: ProgressReporter? = nil, log: (@Sendable (String) -> Void)? = nil, pieceSize: Int = 4 << 20, onlyNewer: Bool = false) {
         self.machine = machine
         self.version = version
         self.wrapDestination = wrapDestination
         self.progress = progress
         self.log = log
         self.pieceSize = pieceSize
+        self.onlyNewer = onlyNewer
     }
 }
 
@@ -102,6 +106,10 @@ public enum ReplicationOperation {
             }
         } else {
             wanted = listed.map(\.version).filter { !have.contains($0) }
+            if options.onlyNewer, let newest = listed.map(\.version).lastIndex(where: { have.contains($0) }) {
+                let older = Set(listed[...newest].map(\.version))
+                wanted.removeAll { older.contains($0) }
+            }
         }
         var result = ReplicationResult(machine: machine, shipped: [], present: have.count, bytesSent: 0, bytesResumed: 0, seconds: 0, lagSeconds: nil)
         let total = try wanted.reduce(UInt64(0)) { $0 + (try from.manifest($1).storedBytes) }

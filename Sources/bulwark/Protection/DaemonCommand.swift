@@ -10,11 +10,14 @@ import Synchronization
 struct DaemonCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "daemon",
-        abstract: "Run the policies' schedules: backups, retention and verifies.",
+        abstract: "Run the policies' schedules: backups, retention, verifies and replication.",
         discussion: """
         Loads every policy in DIR (*.yaml, *.yml; a broken one is logged and skipped), runs each job when \
         its schedule fires, catches up once on a schedule missed while it was down, never runs two jobs of \
-        one policy at once, and retries retryable failures as each policy says. Jobs are recorded in the \
+        one policy at once, and retries retryable failures as each policy says. After each successful \
+        backup of a policy with `replicate:`, a replication job copies the new points to its destination \
+        at the bandwidth its throttle schedule allows; a destination not reached for longer than \
+        `alert-after` is logged as a warning. Jobs are recorded in the \
         history (`bulwark jobs list`). SIGHUP reloads the policies; SIGTERM cancels running jobs (they \
         roll back) and exits 0. Under systemd (tools/bulwark.service, Type=notify) it reports READY, \
         STOPPING and watchdog pings, and logs in the journal's format.
@@ -34,8 +37,16 @@ struct DaemonCommand: AsyncParsableCommand {
         let runner = JobRunner(stateDirectory: state.directory, watchdog: .default, timeZone: timeZone, log: { policy, line in
             Logger(label: "bulwark.job").info("\(line)", metadata: ["policy": "\(policy)"])
         })
+        let history = try JobHistory(stateDirectory: state.directory.string)
+        /// Hyper-V Replica's health warning, in the log after each backup and replication of a
+        /// replicating policy.
+        let checkHealth: @Sendable (Policy) async -> Void = { policy in
+            guard policy.replicate != nil else { return }
+            let found = try? await JobHistory.pool.run { try ReplicationHealth.warnings(for: [policy], history: history) }
+            for warning in found ?? [] { logger.warning("\(warning)", metadata: ["policy": "\(policy.name)"]) }
+        }
         let daemon = Daemon(
-            history: try JobHistory(stateDirectory: state.directory.string), logger: logger,
+            history: history, logger: logger,
             notifier: SystemdNotifier(environment: environment),
             loadPolicies: {
                 var found: [String: Policy] = [:]
@@ -55,10 +66,16 @@ struct DaemonCommand: AsyncParsableCommand {
                     return JobOutcome(status: .failed, error: "policy \(job.policy) is no longer loaded")
                 }
                 switch job.kind {
-                case .backup: return await runner.backup(policy, full: job.full, fullReason: job.fullReason).outcome
+                case .backup:
+                    let outcome = await runner.backup(policy, full: job.full, fullReason: job.fullReason).outcome
+                    await checkHealth(policy)
+                    return outcome
                 case .verify: return await runner.verify(policy).outcome
                 case .prune: return await runner.prune(policy).outcome
-                case .replication: return JobOutcome(status: .failed, error: "replication is not part of this build")
+                case .replication:
+                    let outcome = await runner.replicate(policy).outcome
+                    if !outcome.status.isSuccess { await checkHealth(policy) }
+                    return outcome
                 }
             })
         try await daemon.run()

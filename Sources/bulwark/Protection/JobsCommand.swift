@@ -6,7 +6,7 @@ import Storage
 struct JobsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "jobs",
-        abstract: "The job history: backups, prunes and verifies, by hand or by the daemon.",
+        abstract: "The job history: backups, prunes, verifies and replications, by hand or by the daemon.",
         subcommands: [JobsList.self, JobsShow.self]
     )
 }
@@ -34,6 +34,10 @@ struct JobJSON: Encodable {
     var detail: [String: String]?
     var pid: Int32?
     var host: String?
+    /// Replication jobs: what went over the wire, how fast, and how far the destination is behind.
+    var bytesSent: Int64?
+    var bytesPerSecond: Double?
+    var lagSeconds: Double?
 
     init(_ r: JobRecord) {
         id = r.id
@@ -57,26 +61,70 @@ struct JobJSON: Encodable {
         detail = r.detail.flatMap { try? JSONDecoder().decode([String: String].self, from: Data($0.utf8)) }
         pid = r.pid
         host = r.host
+        if r.kind == .replication {
+            bytesSent = r.bytesWritten
+            bytesPerSecond = detail?["bytesPerSecond"].flatMap(Double.init)
+            lagSeconds = detail?["lagSeconds"].flatMap(Double.init)
+        }
     }
 }
 
 struct JobsList: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List jobs, newest first.")
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "List jobs, newest first.",
+        discussion: """
+        Replication jobs show the bytes sent, the rate and the lag (how far the destination is behind the \
+        newest point). A policy whose replication has not succeeded for longer than its `alert-after` \
+        (24 h unless --policies names the policy files that say otherwise) is reported as a warning on \
+        standard error, after the table or the JSON.
+        """)
     @Option(help: ArgumentHelp("Only this policy's jobs.", valueName: "name")) var policy: String?
     @Option(help: "At most this many jobs.") var limit: Int = 50
+    @Option(help: ArgumentHelp("The folder of policy files, for each policy's replication alert-after.", valueName: "dir"))
+    var policies: String?
     @OptionGroup var state: StateOptions
     @OptionGroup var printing: OutputOptions
 
     func run() throws {
         let history = try JobHistory(stateDirectory: state.directory.string)
         let jobs = try history.list(policy: policy, limit: limit)
+        defer { warnReplication(history) }
         if printing.json { try Output.json(jobs.map(JobJSON.init)); return }
         if jobs.isEmpty { print("no jobs recorded in \(history.path)\(policy.map { " for policy \($0)" } ?? "")"); return }
         print(Output.table(["ID", "POLICY", "KIND", "STATUS", "STARTED", "TIME", "READ", "WRITTEN", "POINT"], jobs.map { j in
             [String(j.id ?? 0), j.policy, j.kind.rawValue, j.status.rawValue, j.started.map { Timestamp.iso8601($0) } ?? "-",
              j.duration.map { String(format: "%.1fs", $0) } ?? "-", ByteCount.format(UInt64(max(0, j.bytesRead))),
-             ByteCount.format(UInt64(max(0, j.bytesWritten))), j.point.map { "\($0)\(j.pointKind.map { " (\($0))" } ?? "")" } ?? "-"]
+             ByteCount.format(UInt64(max(0, j.bytesWritten))), Self.what(j)]
         }))
+    }
+
+    /// The last column: the point made, or for a replication what it sent, how fast, and the lag.
+    static func what(_ j: JobRecord) -> String {
+        guard j.kind == .replication else { return j.point.map { "\($0)\(j.pointKind.map { " (\($0))" } ?? "")" } ?? "-" }
+        let json = JobJSON(j)
+        var parts: [String] = []
+        if let shipped = json.detail?["shipped"], !shipped.isEmpty { parts.append("sent \(shipped.split(separator: ",").count) point(s)") }
+        if let rate = json.bytesPerSecond, rate > 0 { parts.append("\(ByteCount.format(UInt64(rate)))/s") }
+        if let lag = json.lagSeconds { parts.append(lag == 0 ? "in step" : "lag \(Self.duration(lag))") }
+        return parts.isEmpty ? (j.status.isSuccess ? "nothing to send" : "-") : parts.joined(separator: ", ")
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        seconds < 120 ? String(format: "%.0f s", seconds) : seconds < 7200 ? String(format: "%.0f min", seconds / 60) : String(format: "%.1f h", seconds / 3600)
+    }
+
+    /// Replication health warnings on standard error (so `--json` output stays one JSON value).
+    func warnReplication(_ history: JobHistory) {
+        var found: [ReplicationWarning] = []
+        if let folder = policies {
+            let loaded = PolicyLoader.loadAll(directory: folder).compactMap { try? $0.result.get() }
+            found = (try? ReplicationHealth.warnings(for: loaded, history: history)) ?? []
+        } else {
+            found = (try? ReplicationHealth.warnings(history: history)) ?? []
+        }
+        for w in found where policy == nil || w.policy == policy {
+            FileHandle.standardError.write(Data("warning: policy \(w.policy): \(w)\n".utf8))
+        }
     }
 }
 
