@@ -102,7 +102,22 @@ struct CheckFixture {
         #expect(impossible.count == 1 && impossible.first?.severity == .error && impossible.first?.fix?.contains("mkdir -p") == true)
         let file = try targetDiagnostics(fixture.disk)
         #expect(file.first?.message.contains("is not a folder") == true)
-        #expect(try targetDiagnostics("smb://nas/share/bulwark") == [], "remote targets are not checked from here")
+        // A share is not reached from here, but its credentials file is read as the job will read it.
+        let credentials = fixture.folder.file("nas.cred")
+        try "username=backup\npassword=s3cret-pw\n".write(toFile: credentials, atomically: false, encoding: .utf8)
+        chmod(credentials, 0o600)
+        #expect(try targetDiagnostics("smb://backup@nas/share/bulwark\ncredentials: \(credentials)") == [])
+        chmod(credentials, 0o644)
+        let exposed = try targetDiagnostics("smb://backup@nas/share/bulwark\ncredentials: \(credentials)")
+        #expect(exposed.count == 1 && exposed.first?.line == 6 && exposed.first?.message.contains("group or others may read it") == true, "\(exposed)")
+        #expect(exposed.allSatisfy { !$0.description.contains("s3cret") })
+        let missing = try targetDiagnostics("smb://backup@nas/share/bulwark\ncredentials: \(credentials).gone")
+        #expect(missing.first?.message.contains("no such file") == true)
+        // The same checks for a replication destination.
+        let replica = try fixture.check("name: t\nmachine: m\nsources: [{disk: \(fixture.disk)}]\nconsistency: {provider: none}\ntarget: \(fixture.folder.path)\nreplicate:\n  to: smb://backup@dr/share\n  credentials: \(credentials)\n")
+        #expect(replica.count == 1 && replica.first?.line == 8 && replica.first?.message.hasPrefix("replicate: credentials file") == true, "\(replica)")
+        let itself = try fixture.check("name: t\nmachine: m\nsources: [{disk: \(fixture.disk)}]\nconsistency: {provider: none}\ntarget: \(fixture.folder.path)\nreplicate: {to: \(fixture.folder.path)}\n")
+        #expect(itself.contains { $0.message.contains("the policy's own target") }, "\(itself)")
     }
 
     @Test func crashConsistentWithoutConsent() throws {

@@ -150,12 +150,93 @@ target: /var/backups/bulwark
     }
 
     @Test func smbTargetsAndBadOnes() throws {
-        let smb = minimal.replacingOccurrences(of: "target: /var/backups/bulwark", with: "target: smb://nas.example/backups/bulwark")
-        #expect(try PolicyLoader.parse(smb, file: "p.yaml").target == "smb://nas.example/backups/bulwark")
+        let smb = minimal.replacingOccurrences(of: "target: /var/backups/bulwark",
+                                               with: "target: smb://backup@nas.example/backups/bulwark\ncredentials: /etc/bulwark/nas.cred")
+        let policy = try PolicyLoader.parse(smb, file: "p.yaml")
+        #expect(policy.target == "smb://backup@nas.example/backups/bulwark")
+        #expect(policy.credentials == "/etc/bulwark/nas.cred")
         for bad in ["smb://nas", "smb://user:secret@nas/share", "nfs://nas/export"] {
-            let found = diagnostics(minimal.replacingOccurrences(of: "target: /var/backups/bulwark", with: "target: \(bad)"))
+            let found = diagnostics(minimal.replacingOccurrences(of: "target: /var/backups/bulwark", with: "target: \(bad)\ncredentials: /c"))
             #expect(found.count == 1 && found.first?.line == 5 && found.first?.column == 9, "\(bad): \(found)")
+            #expect(found.allSatisfy { !$0.description.contains("secret") }, "a password in a URL is never repeated")
         }
+        // A share needs a credentials file; a local folder must not have one.
+        let bare = diagnostics(minimal.replacingOccurrences(of: "target: /var/backups/bulwark", with: "target: smb://backup@nas/share"))
+        #expect(bare.count == 1 && bare.first?.line == 5 && bare.first?.message.contains("needs a 'credentials' file") == true)
+        let local = diagnostics(minimal + "credentials: /etc/bulwark/nas.cred\n")
+        #expect(local.count == 1 && local.first?.line == 6 && local.first?.message.contains("needs no credentials") == true)
+    }
+
+    @Test func replicateSectionAsTheIssueWritesIt() throws {
+        let policy = try PolicyLoader.parse(minimal + """
+            replicate:
+              to: smb://backup@dr-site:445/bulwark
+              credentials: /etc/bulwark/dr-site.cred
+              throttle:
+                work-hours: {days: mon..fri, from: "08:00", to: "18:00", rate: 10MiB/s}
+                other-hours: unlimited
+              keep: {last: 14, monthly: 12}
+              alert-after: 12h
+            """, file: "p.yaml")
+        let r = try #require(policy.replicate)
+        #expect(r.to == "smb://backup@dr-site:445/bulwark")
+        #expect(r.credentials == "/etc/bulwark/dr-site.cred")
+        #expect(r.throttle.workHours.count == 1)
+        #expect(r.throttle.workHours.first?.rate == .mebibytes(10))
+        #expect(r.throttle.workHours.first?.days == [.monday, .tuesday, .wednesday, .thursday, .friday])
+        #expect(r.throttle.otherHours == .unlimited)
+        #expect(r.keep?.last == 14 && r.keep?.monthly == 12)
+        #expect(r.alertAfter == 12 * 3600)
+        // A Tuesday at 09:00 UTC is work hours; 19:00 is not.
+        let utc = TimeZone(identifier: "UTC")!
+        let tuesday = ISO8601DateFormatter().date(from: "2026-12-01T09:00:00Z")!
+        #expect(r.throttle.rate(at: tuesday, in: utc) == .mebibytes(10))
+        #expect(r.throttle.rate(at: tuesday.addingTimeInterval(10 * 3600), in: utc) == .unlimited)
+        // The scheduler queues a replication after each backup of this policy.
+        #expect(policy.scheduled(in: utc).afterBackup == [.replication])
+
+        let short = try PolicyLoader.parse(minimal + "replicate: {to: /srv/replica, throttle: 20MiB/s}\n", file: "p.yaml")
+        #expect(short.replicate?.throttle == .fixed(.mebibytes(20)))
+        #expect(short.replicate?.keep == nil && short.replicate?.alertAfter == 86_400)
+        let windows = try PolicyLoader.parse(minimal + """
+            replicate:
+              to: /srv/replica
+              throttle:
+                work-hours:
+                  - {days: sat, from: "10:00", to: "12:00", rate: 1MiB/s}
+                  - {from: "22:00", to: "06:00", rate: 100Mbit/s}
+            """, file: "p.yaml")
+        #expect(windows.replicate?.throttle.workHours.count == 2)
+        #expect(windows.replicate?.throttle.workHours.last?.crossesMidnight == true)
+    }
+
+    @Test func replicateMistakesAreReportedAtTheirLines() {
+        let found = diagnostics(minimal + """
+            replicate:
+              to: smb://backup@dr-site/bulwark
+              throtle: 10MiB/s
+              keep: {last: 0}
+              alert-after: 10s
+            """)
+        let byLine = Dictionary(grouping: found, by: \.line)
+        #expect(byLine[7]?.first?.message.contains("needs a 'credentials' file") == true)
+        #expect(byLine[8]?.first?.message == "unknown key 'throtle' in 'replicate'; did you mean 'throttle'?")
+        #expect(byLine[9]?.first?.message.contains("keeps nothing") == true)
+        #expect(byLine[10]?.first?.message.contains("would warn after almost every run") == true)
+
+        let windows = diagnostics(minimal + """
+            replicate:
+              to: /srv/replica
+              throttle:
+                work-hours: {days: mon..fry, from: "08:00", to: "18:00", rate: 10MiB/s}
+                other-hours: 5 parsecs
+            """)
+        #expect(windows.contains { $0.line == 9 && $0.column == 24 && $0.message.contains("'days'") }, "\(windows)")
+        #expect(windows.contains { $0.line == 10 && $0.message.contains("'other-hours'") }, "\(windows)")
+        let noTo = diagnostics(minimal + "replicate: {throttle: 1MiB/s}\n")
+        #expect(noTo.first?.message == "missing required key 'to'")
+        let late = diagnostics(minimal + "replicate: {to: /srv/r, throttle: {work-hours: {from: \"08:00\", to: \"25:00\", rate: 1MiB/s}}}\n")
+        #expect(late.first?.line == 6 && late.first?.message.contains("'to'") == true, "\(late)")
     }
 
     @Test func errorDescriptionIsOneLinePerProblem() {

@@ -158,6 +158,39 @@ func weekly(day: Int, _ h: Int, _ m: Int = 0) -> ScheduleEvent { every(7 * 86_40
         #expect(s.pending.isEmpty)
     }
 
+    @Test func aReplicationFollowsEachSuccessfulBackup() {
+        let policy = ScheduledPolicy(name: "web", backup: daily(2), retry: RetryRule(attempts: 2, delay: 300), afterBackup: [.replication])
+        #expect(policy.summary.contains("replication after each backup"))
+        var s = Scheduler(policies: [policy], marks: [:], now: at(day: 10, 1))
+        let backup = s.due(now: at(day: 10, 2))[0]
+        #expect(s.due(now: at(day: 10, 2, 1)).isEmpty, "nothing else of the policy while the backup runs")
+        s.jobEnded(backup, status: .ok, now: at(day: 10, 2, 30))
+        #expect(s.nextWake(after: at(day: 10, 2, 30)) == at(day: 10, 2, 30))
+        let follow = s.due(now: at(day: 10, 2, 30))
+        #expect(follow.count == 1 && follow.first?.kind == .replication && follow.first?.trigger == .afterBackup)
+        // A replication that fails retryably is retried like any job; a later backup's replication replaces the retry.
+        s.jobEnded(follow[0], status: .failedRetryable, now: at(day: 10, 3))
+        #expect(s.pending[ScheduleKey(policy: "web", kind: .replication)]?.trigger == .retry)
+        let retry = s.due(now: at(day: 10, 3, 5))
+        #expect(retry.first?.kind == .replication && retry.first?.attempt == 2)
+        s.jobEnded(retry[0], status: .failed, now: at(day: 10, 3, 10))
+        #expect(s.pending.isEmpty)
+        // A failed backup is not replicated.
+        let next = s.due(now: at(day: 11, 2))[0]
+        s.jobEnded(next, status: .failed, now: at(day: 11, 2, 10))
+        #expect(s.due(now: at(day: 11, 2, 10)).isEmpty)
+        // Nor is anything queued for a policy without replicate:, or after a verify.
+        var plain = Scheduler(policies: [ScheduledPolicy(name: "db", backup: daily(2), verify: daily(4))], marks: [:], now: at(day: 10, 1))
+        plain.jobEnded(plain.due(now: at(day: 10, 2))[0], status: .ok, now: at(day: 10, 2, 10))
+        #expect(plain.pending.isEmpty)
+        // A reload that removes replicate: drops a waiting replication.
+        var busy = Scheduler(policies: [policy], marks: [:], now: at(day: 10, 1))
+        busy.jobEnded(busy.due(now: at(day: 10, 2))[0], status: .okWithWarnings, now: at(day: 10, 2, 5))
+        #expect(busy.pending.count == 1)
+        busy.update(policies: [ScheduledPolicy(name: "web", backup: daily(2))], now: at(day: 10, 2, 6))
+        #expect(busy.pending.isEmpty)
+    }
+
     @Test func aScheduleEditedToFireSoonerTakesEffectWithoutCatchUp() {
         var s = Scheduler(policies: [ScheduledPolicy(name: "web", backup: daily(2))], marks: [:], now: at(day: 10, 0))
         #expect(s.nextWake(after: at(day: 10, 0, 10)) == at(day: 10, 2))

@@ -117,12 +117,13 @@ public enum PolicyLoader {
             sources = reader.sources(node, locations: &locations)
         }
         var target: String?
+        var credentials: String?
         if let node = reader.required(entries, "target", in: root, fix: "add `target: /var/backups/bulwark` (a local folder) or an smb:// URL") {
             locations.target = PolicyReader.location(node)
             target = reader.location(node, "target")
+            credentials = reader.credentials(entries["credentials"], for: target, key: "credentials", at: node)
         }
         if let entry = entries["credentials"] { locations.credentials = PolicyReader.location(entry.value) }
-        let credentials = reader.credentials(entries["credentials"], for: target, key: "credentials", at: root)
         var consistency = ConsistencySettings()
         if let entry = entries["consistency"] {
             locations.consistency = PolicyReader.location(entry.key)

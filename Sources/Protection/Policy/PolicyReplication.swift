@@ -38,12 +38,12 @@ extension PolicyReader {
 
     /// The credentials file a location needs: required for `smb://`, refused for a local folder
     /// (a stray password file named in a policy is a mistake worth pointing out).
-    mutating func credentials(_ entry: (key: Node, value: Node)?, for location: String?, key: String, at parent: Node) -> String? {
+    mutating func credentials(_ entry: (key: Node, value: Node)?, for location: String?, key: String, at locationNode: Node) -> String? {
         guard let location else { return nil }
         let isSMB = SMBLocation.isSMB(location)
         guard let entry, !Self.isNull(entry.value) else {
             if isSMB {
-                error(parent, "\(key == "credentials" ? "target" : "replicate 'to'") is an smb:// share but '\(key)' is missing",
+                error(locationNode, "\(location) is an smb:// share: it needs a 'credentials' file next to it",
                       fix: "add `credentials: /etc/bulwark/NAME.cred` naming a file with username=, password= (and domain=) lines, mode 0600")
             }
             return nil
@@ -63,7 +63,7 @@ extension PolicyReader {
             return nil
         }
         var settings = ReplicationSettings(to: to)
-        settings.credentials = credentials(entries["credentials"], for: to, key: "credentials", at: node)
+        settings.credentials = credentials(entries["credentials"], for: to, key: "credentials", at: toNode)
         if let entry = entries["throttle"], !Self.isNull(entry.value), let schedule = throttle(entry.value) {
             settings.throttle = schedule
         }
