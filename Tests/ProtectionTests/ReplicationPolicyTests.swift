@@ -157,6 +157,22 @@ import TestSupport
         #expect(sentPoints == source, "each point was sent once, none sent back after the destination pruned it")
         let destination = RecoveryPoints(target: LocalDirectoryTarget(path: FilePath(replica)), machine: "guest")
         #expect(try destination.listing().map(\.version) == Array(source.suffix(2)))
+        // A kept point damaged on the destination is caught by verify (and so is its child, read
+        // through it) and sent again by the next replication, with the parents its source form needs;
+        // then the destination's keep folds them away again.
+        let damaged = try destination.listing()[0]
+        let image = replica + "/BulwarkBackup/guest/\(damaged.version)/disk0.vhdx"
+        let h = try FileHandle(forUpdating: URL(fileURLWithPath: image))
+        try h.seek(toOffset: 3 << 20)
+        try h.write(contentsOf: Data(repeating: 0x5A, count: 4096))
+        try h.close()
+        #expect(try Self.bulwark(["verify", "--target", replica], state: bench.state).status == 1)
+        let repair = try Self.bulwark(["replicate", "--policy", bench.policyFile, "--json"], state: bench.state)
+        #expect(repair.status == 0, "\(repair.err)")
+        let resent = try #require(try Self.json(repair)["detail"] as? [String: String])["shipped"]?.split(separator: ",").map(String.init) ?? []
+        #expect(resent.contains(damaged.version), "\(resent)")
+        #expect(try Self.bulwark(["verify", "--target", replica], state: bench.state).status == 0)
+        #expect(try destination.listing().map(\.version) == Array(source.suffix(2)), "the destination's keep applies again")
         // The newest point on the destination reads back as the source is now.
         let out = bench.dir.file("out.img")
         let restore = try Self.bulwark(["restore", "disk", "--target", replica, "--version", source.last!, "--to", out], state: bench.state)

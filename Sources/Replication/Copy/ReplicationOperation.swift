@@ -87,10 +87,12 @@ public enum ReplicationOperation {
         // Points on the destination that failed their last verify are sent again: hidden first (their
         // manifests removed), their bad files removed, then shipped like a missing point.
         var have = Set(try to.completeVersions())
+        var repaired: Set<String> = []
         for entry in try to.listing() where entry.verification?.ok == false && listed.contains(where: { $0.version == entry.version }) {
             options.log?("\(machine)/\(entry.version): failed verification on the destination; sending it again")
             try repair(entry.version, in: to, from: from)
             have.remove(entry.version)
+            repaired.insert(entry.version)
         }
         // The points to ship: all the destination lacks, or the one asked for with the parents it lacks.
         var wanted: [String]
@@ -106,9 +108,20 @@ public enum ReplicationOperation {
             }
         } else {
             wanted = listed.map(\.version).filter { !have.contains($0) }
-            if options.onlyNewer, let newest = listed.map(\.version).lastIndex(where: { have.contains($0) }) {
+            if options.onlyNewer, let newest = listed.map(\.version).lastIndex(where: { have.contains($0) || repaired.contains($0) }) {
                 let older = Set(listed[...newest].map(\.version))
-                wanted.removeAll { older.contains($0) }
+                wanted.removeAll { older.contains($0) && !repaired.contains($0) }
+                // A point sent again needs its parents there: those the destination's retention
+                // removed go again too (its next prune folds them away again).
+                var needed = Set(wanted)
+                for version in wanted {
+                    var parent = listed.first { $0.version == version }?.parent
+                    while let p = parent, !have.contains(p), !needed.contains(p) {
+                        needed.insert(p)
+                        parent = listed.first { $0.version == p }?.parent
+                    }
+                }
+                wanted = listed.map(\.version).filter { needed.contains($0) }
             }
         }
         var result = ReplicationResult(machine: machine, shipped: [], present: have.count, bytesSent: 0, bytesResumed: 0, seconds: 0, lagSeconds: nil)
