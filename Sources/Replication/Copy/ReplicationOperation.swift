@@ -79,6 +79,8 @@ public enum ReplicationOperation {
         defer { destinationLease.release() }
         let from = RecoveryPoints(target: source, machine: machine)
         let to = RecoveryPoints(target: destination, machine: machine)
+        // A run killed while publishing a manifest or a catalog left its hidden temporary file.
+        to.removeStalePartials()
         let listed = try from.listing()
         // Points on the destination that failed their last verify are sent again: hidden first (their
         // manifests removed), their bad files removed, then shipped like a missing point.
@@ -122,7 +124,8 @@ public enum ReplicationOperation {
                                             size: disk.imageSize, sha256: disk.imageSHA256, pieceSize: options.pieceSize,
                                             wrap: options.wrapDestination, progress: options.progress.map { p in
                                                 ProgressReporter { d, _ in p.report(base + d, of: total) }
-                                            }, cancel: options.progress).run()
+                                            }, cancel: options.progress,
+                                            log: options.log.map { log in { @Sendable line in log("\(machine)/\(version): \(line)") } }).run()
                 result.bytesSent += sent.bytesSent
                 result.bytesResumed += sent.bytesResumed
                 done += disk.imageSize
