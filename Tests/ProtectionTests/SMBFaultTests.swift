@@ -32,8 +32,10 @@ import TestSupport
             try #require(waitForSize(of: partial, atLeast: 12 << 20, while: job), "the big point's transfer never got going: \(job.err)")
             let crashed = Date()
             try server.crash()
+            #expect(job.isRunning, "smbd died mid-transfer")
             try server.start()
             let restart = Date().timeIntervalSince(crashed)
+            print("SMBFaultTests: smbd back \(String(format: "%.2f", restart)) s after the crash")
             #expect(job.wait(seconds: 90))
             #expect(job.status == 0, "smbd was back after \(restart) s, within the retry window: \(job.err)")
             let results = try SMBFault.jsonArray(job.out)
@@ -59,8 +61,10 @@ import TestSupport
             try #require(waitForSize(of: partial, atLeast: 12 << 20, while: job), "the big point's transfer never got going: \(job.err)")
             let crashed = Date()
             try server.crash()
+            #expect(job.isRunning, "smbd died mid-transfer")
             #expect(job.wait(seconds: 60), "the run gave up within its bounded retries")
             let gaveUp = Date().timeIntervalSince(crashed)
+            print("SMBFaultTests: the run gave up \(String(format: "%.2f", gaveUp)) s after the crash")
             #expect(job.status == 7, "an I/O error status: \(job.status) \(job.err)")
             #expect(job.err.contains("connection to the server lost") && job.err.contains(server.url()) && job.err.contains("run again"), "\(job.err)")
             #expect(try SMBFault.keepsSecrets(job.err + job.out, server))
@@ -77,6 +81,7 @@ import TestSupport
             let r = try #require(try SMBFault.jsonArray(again.out).first)
             #expect(r["shipped"] as? [String] == [big.versions[1]] && r["present"] as? Int == 1)
             let resumed = try #require(r["bytesResumed"] as? UInt64), sent = try #require(r["bytesSent"] as? UInt64)
+            print("SMBFaultTests: the next run kept \(resumed) of the \(held) bytes held and sent \(sent)")
             #expect(resumed <= held && held - resumed < Self.piece, "at most one piece is sent again: held \(held), resumed \(resumed)")
             #expect(resumed % Self.piece == 0 && resumed + sent == big.imageSizes[1], "resumed \(resumed) + sent \(sent)")
             #expect(try SMBFault.versions(server, share) == big.versions)
@@ -398,8 +403,10 @@ extension SambaServer {
         let text = try String(contentsOfFile: state.file("smbd.pgid"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         guard let group = Int32(text), group > 1 else { throw TestFailure("no smbd process group in \(state.path)") }
         guard kill(-group, SIGKILL) == 0 else { throw TestFailure("kill -9 -\(group): errno \(errno)") }
-        // The listening socket goes with the process; wait until the port refuses.
-        for _ in 0..<100 where SMBFault.portAnswers(port) { usleep(20_000) }
+        // SIGKILL is delivered asynchronously: wait until the leader is gone (or a zombie, which
+        // `tools/samba` counts as gone) and the port refuses, so that `start` does not find it running.
+        for _ in 0..<250 where SMBFault.isAlive(group) || SMBFault.portAnswers(port) { usleep(20_000) }
+        if SMBFault.isAlive(group) { throw TestFailure("smbd (PID \(group)) still runs 5 s after SIGKILL") }
     }
 }
 
@@ -477,6 +484,13 @@ enum SMBFault {
         try p.run()
         p.waitUntilExit()
         return p.processIdentifier
+    }
+
+    /// Whether a process exists and is not a zombie.
+    static func isAlive(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let end = stat.range(of: ") ", options: .backwards) else { return false }
+        return !stat[end.upperBound...].hasPrefix("Z")
     }
 
     static func portAnswers(_ port: Int) -> Bool {

@@ -54,6 +54,8 @@ public struct ReplicationResult: Codable, Sendable, Equatable {
 ///   `.partial` file: its last whole piece is compared with the source and the transfer continues
 ///   after it (at most one piece per file is sent again); a file that does not verify is sent again
 ///   from the start and never published;
+/// - the hidden temporary files a killed run left while publishing a manifest or a catalog
+///   (`.NAME.partial-PID` of a process that is gone) are removed on the destination when it is leased;
 /// - both machines' folders are leased for the run (no retention folds a point on the source while it
 ///   is read, no other replication writes the destination).
 /// Points the destination has are never changed: retention on the source does not reach it.
