@@ -27,9 +27,10 @@ import TestSupport
             defer { server.stop() }
             let share = server.url(path: "/dr")
             let job = try BackgroundRun(["replicate", "--from", big.bench.targetPath, "--to", share,
-                                         "--credentials", server.credentialsFile, "--limit", "24MiB/s", "--json"])
+                                         "--credentials", server.credentialsFile, "--limit", "20MiB/s", "--json"])
             let partial = server.shareFolder() + "/dr/BulwarkBackup/guest/\(big.versions[1])/.disk0.vhdx.partial"
-            try #require(waitForSize(of: partial, atLeast: 12 << 20, while: job), "the big point's transfer never got going: \(job.err)")
+            // Crash between two pieces, so that the next run has a torn piece to send again.
+            try #require(waitForSize(of: partial, atLeast: 12 << 20, unalignedTo: Self.piece, while: job), "the big point's transfer never got going: \(job.err)")
             let crashed = Date()
             try server.crash()
             #expect(job.isRunning, "smbd died mid-transfer")
@@ -56,9 +57,10 @@ import TestSupport
             defer { server.stop() }
             let share = server.url(path: "/dr")
             let job = try BackgroundRun(["replicate", "--from", big.bench.targetPath, "--to", share,
-                                         "--credentials", server.credentialsFile, "--limit", "24MiB/s"])
+                                         "--credentials", server.credentialsFile, "--limit", "20MiB/s"])
             let partial = server.shareFolder() + "/dr/BulwarkBackup/guest/\(big.versions[1])/.disk0.vhdx.partial"
-            try #require(waitForSize(of: partial, atLeast: 12 << 20, while: job), "the big point's transfer never got going: \(job.err)")
+            // Crash between two pieces, so that the next run has a torn piece to send again.
+            try #require(waitForSize(of: partial, atLeast: 12 << 20, unalignedTo: Self.piece, while: job), "the big point's transfer never got going: \(job.err)")
             let crashed = Date()
             try server.crash()
             #expect(job.isRunning, "smbd died mid-transfer")
@@ -83,6 +85,7 @@ import TestSupport
             let resumed = try #require(r["bytesResumed"] as? UInt64), sent = try #require(r["bytesSent"] as? UInt64)
             print("SMBFaultTests: the next run kept \(resumed) of the \(held) bytes held and sent \(sent)")
             #expect(resumed <= held && held - resumed < Self.piece, "at most one piece is sent again: held \(held), resumed \(resumed)")
+            #expect(held % Self.piece == 0 || resumed < held, "a torn last piece is sent again")
             #expect(resumed % Self.piece == 0 && resumed + sent == big.imageSizes[1], "resumed \(resumed) + sent \(sent)")
             #expect(try SMBFault.versions(server, share) == big.versions)
             let verify = try run(TestEnv.bulwark, ["verify", "--target", share, "--credentials", server.credentialsFile])
@@ -387,11 +390,12 @@ final class BackgroundRun: @unchecked Sendable {
 }
 
 /// Waits until the file at `path` (on the server's side) has at least `bytes`, while `run` runs.
-func waitForSize(of path: String, atLeast bytes: UInt64, while run: BackgroundRun, seconds: Double = 60) -> Bool {
+/// With `unalignedTo`, also waits until the size is not a multiple of it.
+func waitForSize(of path: String, atLeast bytes: UInt64, unalignedTo unit: UInt64? = nil, while run: BackgroundRun, seconds: Double = 60) -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline && run.isRunning {
-        if let size = try? SMBFault.size(path), size >= bytes { return true }
-        usleep(20_000)
+        if let size = try? SMBFault.size(path), size >= bytes, unit.map({ size % $0 != 0 }) ?? true { return true }
+        usleep(5_000)
     }
     return false
 }
