@@ -246,6 +246,14 @@ import TestSupport
             defer { volume.cleanup() }
             // smbd serves the folder as the Samba user, who must walk down to it.
             for path in [volume.dir.path, volume.mountpoint] { chmod(path, 0o755) }
+            var above = URL(fileURLWithPath: volume.dir.path).deletingLastPathComponent()
+            while above.path != "/" {
+                var st = stat()
+                guard stat(above.path, &st) == 0, st.st_mode & S_IXOTH != 0 else {
+                    throw TestFailure("\(above.path) is not searchable by others, so smbd cannot serve the loop volume below it; point BULWARK_TEST_TMP elsewhere")
+                }
+                above.deleteLastPathComponent()
+            }
             let folder = volume.file("share")
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: false)
             let server = try SambaServer(environment: ["BULWARK_SAMBA_EXTRA_SHARE": "small:\(folder)"])
