@@ -16,6 +16,8 @@ final class SambaServer: @unchecked Sendable {
     let state: TempDir
     let port: Int
     let credentialsFile: String
+    /// More environment for `tools/samba` (e.g. BULWARK_SAMBA_EXTRA_SHARE).
+    let extra: [String: String]
     static let user = "bulwark-smb"
 
     /// `tools/samba`, found from this file: Tests/ProtectionTests/SMBTests.swift is three levels down.
@@ -31,14 +33,15 @@ final class SambaServer: @unchecked Sendable {
         return try TestEnv.tools("smbd", "smbpasswd")
     }
 
-    init() throws {
+    init(environment extra: [String: String] = [:]) throws {
+        self.extra = extra
         // Under /tmp, not BULWARK_TEST_TMP: smbd serves the share as the Samba user, who must be able
         // to walk down to it.
         state = try TempDir("bulwark-smbtest", under: "/tmp")
         var lastError = ""
         for _ in 0..<3 {
             let port = 4455 + 100 + Int.random(in: 0..<20_000)
-            let r = try run(Self.script, ["start"], environment: Self.environment(state.path, port))
+            let r = try run(Self.script, ["start"], environment: Self.environment(state.path, port).merging(extra) { $1 })
             if r.status == 0 {
                 self.port = port
                 credentialsFile = state.file("credentials")
@@ -55,7 +58,7 @@ final class SambaServer: @unchecked Sendable {
 
     func stop() { _ = try? run(Self.script, ["stop"], environment: Self.environment(state.path, port)) }
     func start() throws {
-        let r = try run(Self.script, ["start"], environment: Self.environment(state.path, port))
+        let r = try run(Self.script, ["start"], environment: Self.environment(state.path, port).merging(extra) { $1 })
         guard r.status == 0 else { throw TestFailure("tools/samba start failed: \(r.err)") }
     }
 

@@ -17,6 +17,8 @@ struct FileTransfer {
     var wrap: (@Sendable (any ByteStore) -> any ByteStore)?
     var progress: ProgressReporter?
     var cancel: ProgressReporter?
+    /// Says where an interrupted copy is resumed (how much of it is kept).
+    var log: (@Sendable (String) -> Void)? = nil
 
     struct Sent {
         var bytesSent: UInt64
@@ -46,7 +48,9 @@ struct FileTransfer {
         let output: any ByteStore
         if destination.exists(partial) {
             let existing = try destination.open(partial, writable: true)
+            let held = try existing.size()
             start = try resumePoint(existing, input)
+            log?("\(to.lastComponent?.string ?? "file"): resuming at byte \(start) of \(size); the interrupted copy held \(held) bytes")
             resumed = start
             try existing.truncate(to: start)
             output = wrap?(existing) ?? existing

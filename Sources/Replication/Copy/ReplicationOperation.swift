@@ -58,6 +58,8 @@ public struct ReplicationResult: Codable, Sendable, Equatable {
 ///   `.partial` file: its last whole piece is compared with the source and the transfer continues
 ///   after it (at most one piece per file is sent again); a file that does not verify is sent again
 ///   from the start and never published;
+/// - the hidden temporary files a killed run left while publishing a manifest or a catalog
+///   (`.NAME.partial-PID` of a process that is gone) are removed on the destination when it is leased;
 /// - both machines' folders are leased for the run (no retention folds a point on the source while it
 ///   is read, no other replication writes the destination).
 /// Points the destination has are never changed: retention on the source does not reach it.
@@ -83,6 +85,8 @@ public enum ReplicationOperation {
         defer { destinationLease.release() }
         let from = RecoveryPoints(target: source, machine: machine)
         let to = RecoveryPoints(target: destination, machine: machine)
+        // A run killed while publishing a manifest or a catalog left its hidden temporary file.
+        to.removeStalePartials()
         let listed = try from.listing()
         // Points on the destination that failed their last verify are sent again: hidden first (their
         // manifests removed), their bad files removed, then shipped like a missing point.
@@ -143,7 +147,8 @@ public enum ReplicationOperation {
                                             size: disk.imageSize, sha256: disk.imageSHA256, pieceSize: options.pieceSize,
                                             wrap: options.wrapDestination, progress: options.progress.map { p in
                                                 ProgressReporter { d, _ in p.report(base + d, of: total) }
-                                            }, cancel: options.progress).run()
+                                            }, cancel: options.progress,
+                                            log: options.log.map { log in { @Sendable line in log("\(machine)/\(version): \(line)") } }).run()
                 result.bytesSent += sent.bytesSent
                 result.bytesResumed += sent.bytesResumed
                 done += disk.imageSize
