@@ -15,6 +15,8 @@ public enum TargetError: Error, Equatable, Sendable, CustomStringConvertible {
     case pointNotFound(target: String, machine: String, version: String)
     /// No machine of that name has points on the target.
     case machineNotFound(target: String, machine: String, known: [String])
+    /// A point cannot fit in the room the target has left (checked before anything is written).
+    case noRoom(target: String, point: String, needed: UInt64, available: UInt64)
 
     public var description: String {
         switch self {
@@ -31,6 +33,8 @@ public enum TargetError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .machineNotFound(target, machine, known):
             let list = known.isEmpty ? "the target holds no machines yet" : "machines there: \(known.joined(separator: ", "))"
             return "\(target): no recovery points for machine \(machine) (\(list))"
+        case let .noRoom(target, point, needed, available):
+            return "\(target): not enough room for \(point): it needs \(ByteCount.format(needed)) more and \(ByteCount.format(available)) are free; free space there or prune old recovery points (replicate.keep), then run again (nothing was written)"
         }
     }
 }

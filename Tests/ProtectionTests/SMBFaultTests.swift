@@ -267,26 +267,41 @@ import TestSupport
             let free = try SMBFault.freeBytes(folder)
             #expect(free < big.imageSizes[1], "the big point (\(big.imageSizes[1]) bytes) cannot fit in \(free)")
 
+            // Replication measures the room first: the point that cannot fit is refused with the
+            // sizes before a byte of it is written.
             let full = try run(TestEnv.bulwark, ["replicate", "--from", big.bench.targetPath, "--to", share, "--credentials", server.credentialsFile])
             #expect(full.status == 6, "the no-space status: \(full.status) \(full.err)")
-            #expect(full.err.contains("the share is full") && full.err.contains(server.url(share: "small")), "\(full.err)")
-            #expect(full.err.contains("free space there or prune old recovery points"), "\(full.err)")
+            #expect(full.err.contains("not enough room for guest/\(big.versions[1])") && full.err.contains(server.url(share: "small")), "\(full.err)")
+            #expect(full.err.contains("free space there or prune old recovery points") && full.err.contains("nothing was written"), "\(full.err)")
             #expect(try SMBFault.keepsSecrets(full.err + full.out, server))
 
-            // Only the complete point is listed; the big one left nothing but its hidden, resumable copy.
+            // Only the complete point is listed; the big one left nothing at all.
             #expect(try SMBFault.versions(server, share) == [big.versions[0]])
             let bigFolder = folder + "/dr/BulwarkBackup/guest/\(big.versions[1])"
             let inBig = (try? FileManager.default.contentsOfDirectory(atPath: bigFolder)) ?? []
-            #expect(inBig.allSatisfy { $0.hasPrefix(".") && $0.contains(".partial") }, "\(inBig)")
+            #expect(inBig.isEmpty, "\(inBig)")
             #expect(!SMBFault.files(folder).contains { $0.hasSuffix("lease.json") }, "the lease was released")
             let verify = try run(TestEnv.bulwark, ["verify", "--target", share, "--credentials", server.credentialsFile])
             #expect(verify.status == 0, "the complete point still verifies: \(verify.out) \(verify.err)")
             #expect(try SMBFault.snapshot(big.bench.targetPath) == source, "the source is untouched")
-
-            // The next run resumes the hidden copy, meets the full share again and says so again.
             let again = try run(TestEnv.bulwark, ["replicate", "--from", big.bench.targetPath, "--to", share, "--credentials", server.credentialsFile])
-            #expect(again.status == 6 && again.err.contains("the share is full"), "\(again.err)")
+            #expect(again.status == 6 && again.err.contains("not enough room"), "\(again.err)")
+
+            // A backup straight to the full share (a policy whose target is the share) meets the
+            // full disk mid-write: the job fails with the share's own error, and shows no half point.
+            let policy = big.bench.dir.file("full-share.yaml")
+            try big.bench.policyText.replacingOccurrences(of: "target: \(big.bench.targetPath)", with: "target: \(share)\ncredentials: \(server.credentialsFile)")
+                .write(toFile: policy, atomically: true, encoding: .utf8)
+            let state = big.bench.dir.file("full-share-state")
+            let backup = try run(TestEnv.bulwark, ["backup", "start", "--policy", policy, "--full"], environment: ["BULWARK_STATE_DIR": state])
+            #expect(backup.status == 6, "the no-space status: \(backup.status) \(backup.err)")
+            #expect(backup.err.contains("the share is full") && backup.err.contains("free space there or prune old recovery points"), "\(backup.err)")
+            #expect(try SMBFault.keepsSecrets(backup.err + backup.out, server))
             #expect(try SMBFault.versions(server, share) == [big.versions[0]])
+            let leftovers = SMBFault.files(folder).filter { !$0.contains(big.versions[0]) && !$0.contains("catalog.") && !$0.hasSuffix("/guest") && !$0.hasSuffix("BulwarkBackup") && $0 != "dr" }
+            #expect(leftovers.allSatisfy { ($0 as NSString).lastPathComponent.hasPrefix(".") || !$0.contains("disk0") }, "no visible half point: \(leftovers)")
+            let recorded = try #require(try JobHistory(stateDirectory: state).list(limit: 1).first)
+            #expect(recorded.status == .failed && recorded.error?.contains("the share is full") == true, "\(recorded.status) \(recorded.error ?? "")")
         }
     }
 

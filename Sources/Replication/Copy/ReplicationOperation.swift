@@ -137,6 +137,7 @@ public enum ReplicationOperation {
                 throw TargetError.damaged(path: from.pointFolder(version).string, reason: "its parent \(parent) is neither on the destination nor on the source; verify the source")
             }
             options.log?("\(machine)/\(version): sending \(manifest.disks.count) image(s), \(ByteCount.format(manifest.storedBytes))")
+            try checkRoom(for: manifest, version: version, in: to)
             try destination.space.makeFolder(to.pointFolder(version))
             for disk in manifest.disks {
                 let base = done
@@ -169,6 +170,31 @@ public enum ReplicationOperation {
 }
 
 extension ReplicationOperation {
+    /// Refuses a point that cannot fit before a byte of it is sent, where the destination says how
+    /// much room it has: a full share is reported with the sizes and leaves no partial file behind
+    /// (what interrupted copies hold already counts as sent).
+    static func checkRoom(for manifest: PointManifest, version: String, in to: RecoveryPoints) throws {
+        let space = to.target.space
+        let folder = to.pointFolder(version)
+        var needed: UInt64 = 0
+        for disk in manifest.disks {
+            let transfer = FileTransfer(source: space, from: folder, destination: space, to: folder.appending(disk.image), size: disk.imageSize,
+                                        sha256: disk.imageSHA256, pieceSize: 1, wrap: nil, progress: nil, cancel: nil)
+            if space.exists(transfer.to) { continue }
+            var held: UInt64 = 0
+            if space.exists(transfer.partial), let file = try? space.open(transfer.partial, writable: false) {
+                held = (try? file.size()) ?? 0
+                try? file.close()
+            }
+            needed += disk.imageSize - min(held, disk.imageSize)
+        }
+        // Room for the manifest and a catalog generation.
+        needed += 1 << 20
+        let probe = space.exists(folder) ? folder : to.folder
+        guard let free = try? space.availableSpace(at: space.exists(probe) ? probe : to.target.root), free < needed else { return }
+        throw TargetError.noRoom(target: to.target.location, point: "\(to.machine)/\(version)", needed: needed, available: free)
+    }
+
     /// Hides a damaged point on the destination and removes the files that differ from the source's
     /// manifest, so the next shipping sends exactly those again.
     static func repair(_ version: String, in to: RecoveryPoints, from: RecoveryPoints) throws {

@@ -192,6 +192,7 @@ extension ExitStatus {
         case .damaged: corrupt
         case .pointNotFound, .machineNotFound: notFound
         case .invalidLocation: usage
+        case .noRoom: noSpace
         }
     }
 }
