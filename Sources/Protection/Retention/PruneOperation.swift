@@ -39,28 +39,42 @@ public struct PruneOptions: Sendable {
     }
 }
 
-/// Retention: applies a policy's keep rules to its points on the target. A removed point that
-/// nothing depends on is deleted (manifest first, so it stops being listed at once). A removed point
-/// that a later point depends on is folded away: the later point's images are merged into it with the
-/// engine's crash-safe merge, the merged images take the later point's place, and the later point gets
-/// a new manifest revision (same virtual disks, same chunk checksums, new files). Protected points are
-/// never removed or changed; later points stay valid at every step.
+/// Retention: applies keep rules to a machine's points on a target (a local folder or an SMB share).
+/// A removed point that nothing depends on is deleted (manifest first, so it stops being listed at
+/// once). A removed point that a later point depends on is folded away: the later point's images are
+/// merged into it, the merged images take the later point's names (two renames, never over an
+/// existing file, never a hard link: an SMB share has none), and the later point gets a new manifest
+/// revision (same virtual disks, same chunk checksums, new files). Protected points are never removed
+/// or changed; later points stay valid at every step.
 ///
 /// Crash safety: a fold is announced in `prune.json` in the machine's folder before it starts, and
-/// every step can be repeated; a prune or backup that finds the file finishes the fold first.
+/// every step can be repeated; a prune, backup or verify that holds the lease and finds the file
+/// finishes the fold first (see `FoldJournal`).
 public enum PruneOperation {
+    /// Applies a policy's keep rules to the points it made on its target.
     public static func run(policy: Policy, options: PruneOptions) throws -> PruneResult {
-        let started = Date()
         let target = try Targets.open(policy.target)
-        let points = RecoveryPoints(target: target, machine: policy.machine)
-        let lease = options.dryRun ? nil : try TargetLease.acquire(target, machine: policy.machine, purpose: "prune of policy \(policy.name)")
+        return try run(target: target, machine: policy.machine, keep: policy.keep, policy: policy.name,
+                       purpose: "prune of policy \(policy.name)", options: options)
+    }
+
+    /// Applies `keep` to one machine's points on any target (a local folder, an SMB share): what
+    /// replication calls to keep its destination within its own rules. `policy`, when given, limits
+    /// the prune to the points that policy made (the others are neither counted nor touched), and
+    /// is the name the result carries; `purpose` is what the lease shows to whoever finds the machine
+    /// busy meanwhile.
+    public static func run(target: any BackupTarget, machine: String, keep: KeepRules, policy: String? = nil,
+                           purpose: String? = nil, options: PruneOptions) throws -> PruneResult {
+        let started = Date()
+        let points = RecoveryPoints(target: target, machine: machine)
+        let lease = options.dryRun ? nil : try TargetLease.acquire(target, machine: machine, purpose: purpose ?? "prune of machine \(machine)")
         defer { lease?.release() }
         if let lease {
             try FoldJournal.resume(points: points, lease: lease, log: options.log)
             points.removeStalePartials()
         }
-        let decisions = try plan(policy: policy, points: points, timeZone: options.timeZone)
-        var result = PruneResult(policy: policy.name, machine: policy.machine, dryRun: options.dryRun, decisions: decisions, removed: [],
+        let decisions = try plan(keep: keep, policy: policy, points: points, timeZone: options.timeZone)
+        var result = PruneResult(policy: policy ?? "", machine: machine, dryRun: options.dryRun, decisions: decisions, removed: [],
                                  bytesFreed: 0, seconds: 0)
         if let lease {
             let listing = try points.listing()
@@ -86,11 +100,16 @@ public enum PruneOperation {
 
     /// The keep/remove decision for each of the policy's points, newest first.
     public static func plan(policy: Policy, points: RecoveryPoints, timeZone: TimeZone) throws -> [PruneDecision] {
-        let mine = try points.listing().filter { $0.policy == policy.name }
+        try plan(keep: policy.keep, policy: policy.name, points: points, timeZone: timeZone)
+    }
+
+    /// The keep/remove decision for each point (of `policy` only, when given), newest first.
+    public static func plan(keep: KeepRules, policy: String?, points: RecoveryPoints, timeZone: TimeZone) throws -> [PruneDecision] {
+        let mine = try points.listing().filter { policy == nil || $0.policy == policy }
         let candidates = mine.map { entry in
             RetentionCandidate(id: entry.version, time: ISO8601DateFormatter().date(from: entry.time) ?? Date.distantPast, protected: entry.protected)
         }
-        let verdicts = Dictionary(policy.keep.evaluate(candidates, in: timeZone).map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        let verdicts = Dictionary(keep.evaluate(candidates, in: timeZone).map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         let childOf = Dictionary(mine.compactMap { e in e.parent.map { ($0, e.version) } }, uniquingKeysWith: { a, _ in a })
         let protected = Set(mine.filter(\.protected).map(\.version))
         return mine.reversed().map { entry in
