@@ -96,7 +96,8 @@ import VirtualDisk
     /// A fold of the oldest of three points (so with a grandchild), stopped at `step` as a crash
     /// would stop it: every listed point still reads as it was made and verifies, and the next prune
     /// finishes the fold and leaves nothing behind.
-    static func crashWalk(_ step: FoldStep, target: any BackupTarget, models: [String: [UInt8]], versions: [String]) throws {
+    static func crashWalk(_ step: FoldStep, target: any BackupTarget, models: [String: [UInt8]], versions: [String],
+                          finished: (RecoveryPoints) throws -> Void = { _ in }) throws {
         let points = RecoveryPoints(target: target, machine: "guest")
         let folder = points.folder
         struct Crash: Error {}
@@ -125,6 +126,7 @@ import VirtualDisk
         #expect(!target.space.exists(points.pointFolder(versions[0])))
         let left = try leftovers(points)
         #expect(left.isEmpty, "\(step.rawValue): \(left)")
+        try finished(points)
     }
 
     @Test func aFoldStoppedAtEachStepOnTheShareIsFinishedByTheNextPrune() async throws {
@@ -148,7 +150,15 @@ import VirtualDisk
             for step in FoldStep.allCases {
                 let target = LocalDirectoryTarget(path: FilePath(bench.dir.file("copy-\(step.rawValue)")))
                 _ = try ReplicationOperation.run(from: bench.target, to: target, options: ReplicationOptions())
-                try Self.crashWalk(step, target: target, models: models, versions: versions)
+                try Self.crashWalk(step, target: target, models: models, versions: versions) { points in
+                    // The chains are clean for the engine's check, and libvhdi reads the newest one.
+                    let newest = points.pointFolder(versions[2]).appending("disk0.vhdx")
+                    #expect(try ChainCheck.check(path: newest).isClean, "\(step.rawValue): the chain checks clean")
+                    let files = [points.pointFolder(versions[1]).appending("disk0.vhdx"), newest]
+                    if let oracle = try PyVHDI.read(files) {
+                        #expect(Digest.sha256(try oracle.get()) == Digest.sha256(models[versions[2]]!), "\(step.rawValue): libvhdi reads the chain")
+                    }
+                }
             }
         }
     }
