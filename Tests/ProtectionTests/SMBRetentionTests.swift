@@ -144,6 +144,47 @@ import VirtualDisk
         }
     }
 
+    @Test func aFoldNeverRenamesOverAFileThatIsInTheWay() async throws {
+        guard try SambaServer.available() else { return }
+        let (bench, versions, models) = try await Self.bench(count: 3, size: 8 << 20, seed: 45)
+        try await offPool {
+            let server = try SambaServer()
+            defer { server.stop() }
+            let share = try server.target(path: "/in-the-way")
+            _ = try ReplicationOperation.run(from: bench.target, to: share, options: ReplicationOptions())
+            let points = RecoveryPoints(target: share, machine: "guest")
+            let folder = points.folder
+            struct Crash: Error {}
+            FoldJournal.interruption.withLock { hook in
+                hook = { f, s in if f == folder && s == .grandchildOnMerged { throw Crash() } }
+            }
+            defer { FoldJournal.interruption.withLock { $0 = nil } }
+            #expect(throws: Crash.self) {
+                try PruneOperation.run(target: share, machine: "guest", keep: KeepRules(last: 2), options: PruneOptions(timeZone: Self.utc))
+            }
+            FoldJournal.interruption.withLock { $0 = nil }
+            // Something takes the name the child's image moves aside to: the fold stops, naming it,
+            // and replaces nothing.
+            let aside = points.pointFolder(versions[1]).appending(".disk0.vhdx.folded")
+            try share.publish(Array("not mine".utf8), at: aside)
+            do {
+                _ = try PruneOperation.run(target: share, machine: "guest", keep: KeepRules(last: 2), options: PruneOptions(timeZone: Self.utc))
+                Issue.record("the prune went on over \(aside)")
+            } catch let TargetError.damaged(path, reason) {
+                #expect(path == aside.string && reason.contains("bulwark verify"), "\(path): \(reason)")
+            }
+            #expect(try share.read(aside, limit: 100) == Array("not mine".utf8))
+            try Self.expectPointsReadBack(points, models, "with a file in the way")
+            // Once it is gone, the next prune finishes.
+            try share.space.remove(aside)
+            _ = try PruneOperation.run(target: share, machine: "guest", keep: KeepRules(last: 2), options: PruneOptions(timeZone: Self.utc))
+            #expect(try points.listing().map(\.version) == Array(versions[1...]))
+            try Self.expectPointsReadBack(points, models, "finished")
+            let left = try Self.leftovers(points)
+            #expect(left.isEmpty, "\(left)")
+        }
+    }
+
     @Test func aFoldStoppedAtEachStepOnALocalFolderIsFinishedByTheNextPrune() async throws {
         let (bench, versions, models) = try await Self.bench(count: 3, size: 8 << 20, seed: 47)
         try await offPool {

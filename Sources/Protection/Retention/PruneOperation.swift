@@ -16,6 +16,7 @@ public struct PruneDecision: Codable, Sendable, Equatable {
 }
 
 public struct PruneResult: Codable, Sendable, Equatable {
+    /// The policy whose points were pruned; empty when all the machine's points were.
     public var policy: String
     public var machine: String
     public var dryRun: Bool
