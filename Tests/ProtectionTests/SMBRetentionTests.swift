@@ -185,6 +185,37 @@ import VirtualDisk
         }
     }
 
+    /// A fold an earlier build left on a local folder (the engine's merge, then a hard link of the
+    /// merged image under the child's name) is finished by the new steps.
+    @Test func aFoldLeftByTheLinkingBuildIsFinished() async throws {
+        let (bench, versions, models) = try await Self.bench(count: 3, size: 8 << 20, seed: 49)
+        try await offPool {
+            let points = bench.points
+            let removed = points.pointFolder(versions[0]).appending("disk0.vhdx")
+            let child = points.pointFolder(versions[1]).appending("disk0.vhdx")
+            let grandchild = points.pointFolder(versions[2]).appending("disk0.vhdx")
+            let journal = FoldJournal(removed: try points.manifest(versions[0]), into: versions[1], grandchild: versions[2],
+                                      childRevision: 1, grandchildRevision: 1)
+            try bench.target.publish(try RecoveryPoints.encode(journal), at: points.folder.appending(FoldJournal.name))
+            try FileManager.default.removeItem(atPath: points.pointFolder(versions[0]).appending("manifest.json").string)
+            _ = try MergeOperation.merge(child: child, options: MergeOptions(into: removed, children: [grandchild]))
+            try FileOps.link(removed, as: child)
+            _ = try ReparentOperation.reparent(child: grandchild, parent: child)
+            try Self.expectPointsReadBack(points, models, "as the earlier build left it")
+
+            let pruned = try PruneOperation.run(target: bench.target, machine: "guest", keep: KeepRules(last: 2), options: PruneOptions(timeZone: Self.utc))
+            #expect(pruned.removed.isEmpty)
+            #expect(try points.listing().map(\.version) == Array(versions[1...]))
+            #expect(try points.manifest(versions[1]).revision == 2 && points.manifest(versions[2]).revision == 2)
+            try Self.expectPointsReadBack(points, models, "finished")
+            let verified = try VerifyOperation.run(target: bench.target, machine: "guest", options: VerifyOptions(record: false))
+            #expect(verified.count == 2 && verified.allSatisfy { $0.ok }, "\(verified.map { $0.problem ?? "ok" })")
+            #expect(try ChainCheck.check(path: grandchild).isClean)
+            let left = try Self.leftovers(points)
+            #expect(left.isEmpty, "\(left)")
+        }
+    }
+
     @Test func aFoldStoppedAtEachStepOnALocalFolderIsFinishedByTheNextPrune() async throws {
         let (bench, versions, models) = try await Self.bench(count: 3, size: 8 << 20, seed: 47)
         try await offPool {
