@@ -20,8 +20,7 @@ import VirtualDisk
 enum FoldMerge {
     /// Merges `child`'s own data into `parent` (the image its link names) and re-links `child` to
     /// the result. Repeatable: a crash anywhere leaves the record (or a valid link) behind, and the
-    /// next call copies again.
-    /// `copying` is called once the first chunk is written (tests stop the fold there).
+    /// next call copies again. `copying` is called once the first chunk is written (tests stop the fold there).
     static func merge(child: FilePath, into parent: FilePath, target: any BackupTarget, lease: TargetLease,
                       copying: () throws -> Void = {}) throws {
         let space = target.space
