@@ -1,3 +1,4 @@
+import Foundation
 import SystemPackage
 import Storage
 
@@ -10,6 +11,12 @@ public protocol MaintainableImage: DiskImage {
     func resize(to newSize: UInt64) throws
     /// Rewrites what this differencing image records about its parent (its identity and locators).
     func setParent(_ link: ParentLink) throws
+    /// Takes `identity` (the VHDX DataWriteGuid, the VHD unique id) as this image's own, after all
+    /// data writes are flushed. For an image that now presents exactly the view of the image that had
+    /// it: a fold's merged parent standing in for the child it replaces, so that every image recording
+    /// that identity (the child's children, on this target and on its replicas) links to it unchanged.
+    /// A later data write gives the image a new identity again, as usual.
+    func adoptIdentity(_ identity: UUID) throws
     /// Releases storage that holds only zeros without changing any byte read through the chain
     /// (in a differencing image a zero block that hides parent data stays, unless the format can mark
     /// it zero). Returns the bytes of file space reclaimed.

@@ -1,3 +1,4 @@
+import Foundation
 import SystemPackage
 import Storage
 
@@ -21,6 +22,10 @@ extension RawImage: MaintainableImage {
 
     public func setParent(_ link: ParentLink) throws {
         throw DiskError.unsupported(path: path.string, reason: "a raw image cannot have a parent")
+    }
+
+    public func adoptIdentity(_ identity: UUID) throws {
+        throw DiskError.unsupported(path: path.string, reason: "a raw image has no identity for children to record")
     }
 
     /// Punches holes over every 4 KiB-aligned all-zero run of the allocated data; returns the bytes

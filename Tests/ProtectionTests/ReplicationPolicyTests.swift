@@ -180,6 +180,48 @@ import TestSupport
         #expect(try Data(contentsOf: URL(fileURLWithPath: out)) == Data(bench.model))
     }
 
+    @Test func foldsOnEitherSideKeepTheReplicaReadable() async throws {
+        try await offPool { try Self.foldsOnEitherSideBody() }
+    }
+
+    /// Retention folds on the source (keep last 2) and on the destination (keep last 3, then daily 1)
+    /// change which files hold which data; a point replicated afterwards must still link to its parent
+    /// on the destination, and every point on both sides must read back as it was made.
+    static func foldsOnEitherSideBody() throws {
+        let bench = try BackupBench(size: 12 << 20, seed: 79, keep: "{last: 2}")
+        let replica = bench.dir.file("replica")
+        func policy(_ keep: String) throws {
+            try (bench.policyText + "\nreplicate: {to: \(replica), keep: \(keep)}\n").write(toFile: bench.policyFile, atomically: true, encoding: .utf8)
+        }
+        try policy("{last: 3}")
+        var models: [String: [UInt8]] = [:]
+        let destination = RecoveryPoints(target: LocalDirectoryTarget(path: FilePath(replica)), machine: "guest")
+        for round in 0..<7 {
+            if round == 5 { try policy("{daily: 1}") }   // folds the destination's newest into... itself: only the newest stays
+            try bench.write(bench.rng.bytes(512 << 10), at: (round % 5) * (2 << 20) + 4096)
+            let backup = try Self.bulwark(["backup", "start", "--policy", bench.policyFile, "--json"], state: bench.state)
+            #expect(backup.status == 0, "\(backup.err)")
+            models[try Self.json(backup)["point"] as? String ?? "?"] = bench.model
+            let r = try Self.bulwark(["replicate", "--policy", bench.policyFile], state: bench.state)
+            #expect(r.status == 0, "round \(round): \(r.err)")
+            for target in [bench.targetPath, replica] {
+                let v = try Self.bulwark(["verify", "--target", target], state: bench.state)
+                #expect(v.status == 0, "round \(round), \(target): \(v.out) \(v.err)")
+            }
+        }
+        #expect(try bench.points.listing().count == 2)
+        #expect(try destination.listing().count == 1)
+        for (target, points) in [(bench.targetPath, try bench.points.listing()), (replica, try destination.listing())] {
+            for point in points {
+                let out = bench.dir.file("check-\(UUID().uuidString).img")
+                let restore = try Self.bulwark(["restore", "disk", "--target", target, "--version", point.version, "--to", out], state: bench.state)
+                #expect(restore.status == 0, "\(restore.err)")
+                #expect(try Data(contentsOf: URL(fileURLWithPath: out)) == Data(models[point.version] ?? []), "\(target) \(point.version)")
+                try? FileManager.default.removeItem(atPath: out)
+            }
+        }
+    }
+
     @Test func aReplicationLateBeyondAlertAfterIsAWarning() throws {
         let dir = try TempDir("replication-health")
         let history = try JobHistory(stateDirectory: dir.file("state"))

@@ -55,6 +55,44 @@ import Storage
     }
 }
 
+@Suite struct OpsAdoptIdentityTests {
+    /// A merged parent that takes its child's identity is accepted by the child's children as their
+    /// parent (what a retention fold relies on); its data and its check stay as they were; the next data
+    /// write gives a VHDX a new identity again (a VHD's unique id is fixed).
+    @Test(arguments: [DiskFormat.vhd, .vhdx])
+    func aParentTakesItsChildsIdentity(format: DiskFormat) throws {
+        let dir = try TempDir("ops-adopt")
+        var rng = SeededRandom(seed: 47)
+        var model = ChainModel(size: Ops.size)
+        let paths = try Ops.buildChain(in: dir, format: format, baseType: .dynamic, depth: 2, rng: &rng, model: &model)
+        let middle = try DiskImages.openLevel(paths[1]).use { $0.identity }
+        let before = try Ops.readAll(paths[0])
+        try DiskImages.openLevel(paths[0], writable: true).use { image in
+            try #require(image as? any MaintainableImage).adoptIdentity(middle)
+        }
+        #expect(try DiskImages.openLevel(paths[0]).use { $0.identity } == middle)
+        #expect(Ops.firstDifference(try Ops.readAll(paths[0]), before) == nil, "only the identity changed")
+        #expect(try ChainCheck.check(path: paths[0]).isClean)
+        // The leaf's recorded parent identity is the middle one: the base now passes for it.
+        let leafLink = try DiskImages.openLevel(paths[2]).use { $0.parentLink }
+        try DiskImages.openLevel(paths[2], writable: true).use { image in
+            try #require(image as? any MaintainableImage).setParent(ParentLink(expectedID: middle, locators: [ParentLocator(kind: .relative, path: paths[0].lastComponent!.string)]))
+        }
+        #expect(leafLink?.expectedID == middle)
+        let chain = try DiskChain.open(paths[2])
+        #expect(chain.levels.count == 2, "leaf on the base directly")
+        try chain.close()
+        try DiskImages.openLevel(paths[0], writable: true).use { image in
+            let bytes = [UInt8](repeating: 7, count: 512)
+            try bytes.withUnsafeBytes { try image.write($0, at: 0) }
+            try image.flush()
+        }
+        if format == .vhdx {
+            #expect(try DiskImages.openLevel(paths[0]).use { $0.identity } != middle, "a data write renews the DataWriteGuid")
+        }
+    }
+}
+
 @Suite struct OpsCheckTests {
     @Test func rawImageIsClean() throws {
         let dir = try TempDir("ops-check")

@@ -7,19 +7,27 @@ import VirtualDisk
 /// Folding a removed point into the point that depends on it, announced in `prune.json` (in the
 /// machine's folder) and made of steps that can each be repeated, so a crash anywhere is finished by
 /// the next job that takes the lease (prune, backup, verify). Every listed point reads right at every
-/// moment:
+/// moment. The steps use only what every store space has (open, write, a rename that never replaces
+/// an existing name, remove), so a fold runs the same on a local folder and on an SMB share, where
+/// there are no hard links and a rename over an existing file deletes it first. Which step a crash
+/// interrupted is read from the files themselves (which names exist, which identity each image and
+/// link has), the way a merge record is; for each disk `D` of removed point `R`, child `C` and
+/// grandchild `G`:
 /// 0. the removed point's manifests are removed first (the journal keeps a copy): it is no longer
-///    listed, so nobody reads it while its image changes;
-/// 1. for each disk, the engine merges the child's image into the removed point's image (crash-safe
-///    and resumable; while it runs the child reads through the merge record, and at its end the
-///    grandchild is re-pointed to the merged image and the child's file is removed);
-/// 2. the merged image gets the child's name as a second link (never a move: the grandchild still
-///    names the old path). Between the end of step 1 and this link, readers find the child's image
-///    through the journal (`FoldJournal.imagePath`);
-/// 3. the grandchild is re-pointed to the child's name (the same file);
-/// 4. the grandchild's and the child's next manifest revisions are published (new file digests; the
+///    listed, so nobody reads `R/D` on its own while it changes;
+/// 1. `C/D`'s own data is written into `R/D` (`FoldMerge`: `C`'s view is unchanged, a merge record
+///    beside it lets readers accept its link to the changed `R/D`; at the end `C/D` is re-linked to
+///    `R/D`'s new identity and the record removed). Skipped once `G` names `R/D` (step 2 done) or
+///    `C/D` and `R/D` are one image (a fold by an earlier build that linked them);
+/// 2. `G/D` is linked to `R/D` by identity, its relative locator naming `R/D` and its absolute one
+///    `C/D`: it reads through `R/D` while that name exists and through `C/D` once it has moved;
+/// 3. `C/D` moves aside to `C/.D.folded` (a name that does not exist). Until step 4, readers of `C`
+///    find its data under `R/D` through the journal (`FoldJournal.imagePath`);
+/// 4. `R/D` moves to `C/D` (free since step 3);
+/// 5. `G/D` is linked to `C/D` again (its usual locators), and `C/.D.folded` is removed;
+/// 6. the grandchild's and the child's next manifest revisions are published (new file digests; the
 ///    child takes the removed point's kind and parent);
-/// 5. the old name and the rest of the removed point's folder are removed, then the journal.
+/// 7. the rest of the removed point's folder is removed, then the journal.
 struct FoldJournal: Codable {
     /// The removed point's manifest, as it was.
     var removed: PointManifest
@@ -36,9 +44,6 @@ struct FoldJournal: Codable {
     var remove: String { removed.version }
 
     static func fold(points: RecoveryPoints, remove: String, into child: String, lease: TargetLease, log: (@Sendable (String) -> Void)?) throws {
-        guard points.target.space is LocalFileSystem else {
-            throw ProtectionError.pruneRefused(machine: points.machine, reason: "folding points needs the engine's merge, which runs on local targets only; prune on the host that holds the target")
-        }
         let listing = try points.listing()
         let grandchild = listing.first { $0.parent == child }?.version
         let journal = FoldJournal(removed: try points.manifest(remove), into: child, grandchild: grandchild,
@@ -69,7 +74,7 @@ struct FoldJournal: Codable {
     }
 
     /// Where a point's image is read from: its own file, or, in the moment of an interrupted fold
-    /// between the merge and the link (step 2), the merged image under the removed point's name.
+    /// between its two renames (steps 3 and 4), the merged image under the removed point's name.
     static func imagePath(_ points: RecoveryPoints, version: String, image: String) -> FilePath {
         let own = points.pointFolder(version).appending(image)
         guard !points.target.space.exists(own), let journal = try? pending(points), journal.into == version,
@@ -99,30 +104,15 @@ struct FoldJournal: Codable {
         if !done {
             for (i, disk) in childManifest.disks.enumerated() {
                 try lease.check()
-                let merged = removedFolder.appending(removed.disks[i].image)
                 let childImage = childFolder.appending(disk.image)
-                let grandImage = grandchild.map { points.pointFolder($0).appending(disk.image) }
-                // Step 1: merge, unless the child's name already is the merged file (step 2 done).
-                if space.exists(merged), space.exists(childImage), !FileOps.sameFile(merged, childImage) {
-                    _ = try MergeOperation.merge(child: childImage, options: MergeOptions(into: merged, children: grandImage.map { [$0] } ?? []))
-                } else if !space.exists(childImage), FileOps.exists(MergeIntent.recordPath(for: childImage)) {
-                    // The merge finished its copy and removed the child; let it finish its record.
-                    _ = try MergeOperation.merge(child: childImage, options: MergeOptions(into: merged, children: grandImage.map { [$0] } ?? []))
-                }
-                // Step 2: the merged image takes the child's name as well.
-                if space.exists(merged), !space.exists(childImage) {
-                    try FileOps.link(merged, as: childImage)
-                }
-                // Step 3: the grandchild names the child's folder again.
-                if let grandImage, space.exists(grandImage) {
-                    _ = try ReparentOperation.reparent(child: grandImage, parent: childImage)
-                }
+                try swap(points: points, merged: removedFolder.appending(removed.disks[i].image), child: childImage,
+                         grandchild: grandchild.map { points.pointFolder($0).appending(disk.image) }, lease: lease)
                 let (size, digest) = try Digest.file(childImage, in: space)
                 childManifest.disks[i].imageSize = size
                 childManifest.disks[i].imageSHA256 = digest
                 childManifest.disks[i].parentImage = removed.disks[i].parentImage
             }
-            // Step 4: the grandchild's revision first; the child's marks the fold done.
+            // Step 6: the grandchild's revision first; the child's marks the fold done.
             if let grandchild, let base = grandchildRevision {
                 var m = try points.manifest(grandchild)
                 if m.revision <= base {
@@ -143,8 +133,9 @@ struct FoldJournal: Codable {
             childManifest.notes.append("revision \(childManifest.revision): \(remove) was removed by retention and folded into this point")
             try lease.check()
             try points.publish(childManifest)
+            try Self.checkpoint(points, .published)
         }
-        // Step 5.
+        // Step 7.
         try points.removePoint(remove)
         try space.remove(points.folder.appending(Self.name))
         try space.syncFolder(of: points.folder.appending(Self.name))

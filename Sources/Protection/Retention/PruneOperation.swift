@@ -16,6 +16,7 @@ public struct PruneDecision: Codable, Sendable, Equatable {
 }
 
 public struct PruneResult: Codable, Sendable, Equatable {
+    /// The policy whose points were pruned; empty when all the machine's points were.
     public var policy: String
     public var machine: String
     public var dryRun: Bool
@@ -39,35 +40,42 @@ public struct PruneOptions: Sendable {
     }
 }
 
-/// Retention: applies a policy's keep rules to its points on the target. A removed point that
-/// nothing depends on is deleted (manifest first, so it stops being listed at once). A removed point
-/// that a later point depends on is folded away: the later point's images are merged into it with the
-/// engine's crash-safe merge, the merged images take the later point's place, and the later point gets
-/// a new manifest revision (same virtual disks, same chunk checksums, new files). Protected points are
-/// never removed or changed; later points stay valid at every step.
+/// Retention: applies keep rules to a machine's points on a target (a local folder or an SMB share).
+/// A removed point that nothing depends on is deleted (manifest first, so it stops being listed at
+/// once). A removed point that a later point depends on is folded away: the later point's images are
+/// merged into it, the merged images take the later point's names (two renames, never over an
+/// existing file, never a hard link: an SMB share has none), and the later point gets a new manifest
+/// revision (same virtual disks, same chunk checksums, new files). Protected points are never removed
+/// or changed; later points stay valid at every step.
 ///
 /// Crash safety: a fold is announced in `prune.json` in the machine's folder before it starts, and
-/// every step can be repeated; a prune or backup that finds the file finishes the fold first.
+/// every step can be repeated; a prune, backup or verify that holds the lease and finds the file
+/// finishes the fold first (see `FoldJournal`).
 public enum PruneOperation {
+    /// Applies a policy's keep rules to the points it made on its target.
     public static func run(policy: Policy, options: PruneOptions) throws -> PruneResult {
-        try run(target: try policy.openTarget(), machine: policy.machine, keep: policy.keep, policy: policy.name, options: options)
+        let target = try policy.openTarget()
+        return try run(target: target, machine: policy.machine, keep: policy.keep, policy: policy.name,
+                       purpose: "prune of policy \(policy.name)", options: options)
     }
 
-    /// Retention on any target: `policy` nil applies `keep` to all of the machine's points (a
-    /// replication destination's `keep`), else only to that policy's.
-    public static func run(target: any BackupTarget, machine: String, keep: KeepRules, policy name: String? = nil,
-                           options: PruneOptions) throws -> PruneResult {
+    /// Applies `keep` to one machine's points on any target (a local folder, an SMB share): what
+    /// replication calls to keep its destination within its own rules. `policy`, when given, limits
+    /// the prune to the points that policy made (the others are neither counted nor touched), and
+    /// is the name the result carries; `purpose` is what the lease shows to whoever finds the machine
+    /// busy meanwhile.
+    public static func run(target: any BackupTarget, machine: String, keep: KeepRules, policy: String? = nil,
+                           purpose: String? = nil, options: PruneOptions) throws -> PruneResult {
         let started = Date()
-        let policy = (name: name ?? "replication", machine: machine, keep: keep)
-        let points = RecoveryPoints(target: target, machine: policy.machine)
-        let lease = options.dryRun ? nil : try TargetLease.acquire(target, machine: policy.machine, purpose: "prune of policy \(policy.name)")
+        let points = RecoveryPoints(target: target, machine: machine)
+        let lease = options.dryRun ? nil : try TargetLease.acquire(target, machine: machine, purpose: purpose ?? "prune of machine \(machine)")
         defer { lease?.release() }
         if let lease {
             try FoldJournal.resume(points: points, lease: lease, log: options.log)
             points.removeStalePartials()
         }
-        let decisions = try plan(keep: keep, policy: name, points: points, timeZone: options.timeZone)
-        var result = PruneResult(policy: policy.name, machine: policy.machine, dryRun: options.dryRun, decisions: decisions, removed: [],
+        let decisions = try plan(keep: keep, policy: policy, points: points, timeZone: options.timeZone)
+        var result = PruneResult(policy: policy ?? "", machine: machine, dryRun: options.dryRun, decisions: decisions, removed: [],
                                  bytesFreed: 0, seconds: 0)
         if let lease {
             let listing = try points.listing()
@@ -96,7 +104,7 @@ public enum PruneOperation {
         try plan(keep: policy.keep, policy: policy.name, points: points, timeZone: timeZone)
     }
 
-    /// The decisions for `policy`'s points (all the machine's when nil).
+    /// The keep/remove decision for each point (of `policy` only, when given), newest first.
     public static func plan(keep: KeepRules, policy: String?, points: RecoveryPoints, timeZone: TimeZone) throws -> [PruneDecision] {
         let mine = try points.listing().filter { policy == nil || $0.policy == policy }
         let candidates = mine.map { entry in

@@ -1,4 +1,5 @@
 import Storage
+import struct Foundation.UUID
 import SystemPackage
 
 /// Resize, reparent and compact. Each change is ordered so that a crash at any point leaves a
@@ -91,6 +92,15 @@ extension VHDImage {
         footerOffset = newSize
         // 3. The footer with the new size.
         try writeFooters(newFooter)
+    }
+
+    /// The unique id lives in the footer: both copies are rewritten, the end one first.
+    public func adoptIdentity(_ identity: UUID) throws {
+        guard store.isWritable else { throw StorageError.readOnly(path: path.string) }
+        try flush()
+        var next = footer
+        next.uniqueID = identity
+        try writeFooters(next)
     }
 
     /// Writes the end footer (and, for dynamic images, the copy at 0) and adopts it.

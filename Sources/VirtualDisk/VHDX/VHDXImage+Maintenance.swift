@@ -105,6 +105,18 @@ extension VHDXImage {
         return changes
     }
 
+    /// The DataWriteGuid is in the header: after a flush (so no pending write of this session can
+    /// renew it), both headers are rewritten with it. A session that writes data after this gives the
+    /// image a new one, as the spec requires.
+    public func adoptIdentity(_ identity: UUID) throws {
+        guard isWritable else { throw StorageError.readOnly(path: path.string) }
+        try flush()
+        try beginSession(dataWrite: false)
+        var h = header
+        h.dataWriteGuid = identity
+        try commitHeader(h, twice: true)
+    }
+
     /// Rewrites the parent locator (parent_linkage and paths) through the log.
     public func setParent(_ link: ParentLink) throws {
         guard isWritable else { throw StorageError.readOnly(path: path.string) }
