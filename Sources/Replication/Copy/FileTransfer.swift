@@ -1,3 +1,4 @@
+import Foundation
 import Storage
 import SystemPackage
 import Targets
@@ -21,6 +22,11 @@ struct FileTransfer {
     struct Sent {
         var bytesSent: UInt64
         var bytesResumed: UInt64
+        /// Seconds spent sending (from the first piece read to the last write acknowledged and the
+        /// file closed): what a throttle bounds.
+        var sendSeconds: Double = 0
+        /// Seconds spent reading the copy back and checking its SHA-256.
+        var verifySeconds: Double = 0
     }
 
     var partial: FilePath {
@@ -54,6 +60,7 @@ struct FileTransfer {
             let created = try destination.create(partial)
             output = wrap?(created) ?? created
         }
+        let sendStarted = Date()
         do {
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: pieceSize, alignment: 4096)
             defer { buffer.deallocate() }
@@ -74,15 +81,18 @@ struct FileTransfer {
             try? output.close()
             throw error
         }
+        let verifyStarted = Date()
         // Never published unverified: a mismatch is sent again from the start.
         let got = try digest(of: partial, in: destination)
+        let verified = Date()
         guard got == sha256 else {
             try destination.remove(partial)
             throw TargetError.damaged(path: to.string, reason: "the copy read back with SHA-256 \(got), the manifest has \(sha256); the partial copy was removed, replicate again")
         }
         try destination.rename(partial, to: to)
         try destination.syncFolder(of: to)
-        return Sent(bytesSent: sent, bytesResumed: resumed)
+        return Sent(bytesSent: sent, bytesResumed: resumed, sendSeconds: verifyStarted.timeIntervalSince(sendStarted),
+                    verifySeconds: verified.timeIntervalSince(verifyStarted))
     }
 
     /// Where an interrupted copy continues: after its last whole piece, if that piece matches the
