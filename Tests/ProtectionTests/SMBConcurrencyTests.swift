@@ -12,6 +12,10 @@ import TestSupport
 /// behind the writes (as replication's verify does), and another thread keeps making, listing,
 /// stat-ing, publishing and removing small files (metadata calls, exclusive) in between. Every byte
 /// written is checked, from the read-back, from a fresh read and from the server's own disk.
+///
+/// The control, checked 2026-12-02: with the lock shared for data calls but Samba's thread interface
+/// not installed (the talloc stack frames one global again), this test dies within seconds (SIGABRT
+/// or SIGSEGV inside libsmbclient); with it installed it passed every time.
 @Suite(.serialized) struct SMBConcurrencyTests {
     /// Deterministic bytes of writer `w` (a different pattern per writer and position), made 8 bytes
     /// at a time (a debug build is slow byte by byte).
