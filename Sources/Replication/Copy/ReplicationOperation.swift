@@ -43,6 +43,12 @@ public struct ReplicationResult: Codable, Sendable, Equatable {
     /// Bytes of interrupted transfers that were kept (verified) and not sent again.
     public var bytesResumed: UInt64
     public var seconds: Double
+    /// Of `seconds`, the time spent sending images (reading the source and writing the destination,
+    /// paced by the throttle): `bytesSent / sendSeconds` is the rate on the wire that `--limit` bounds.
+    public var sendSeconds: Double = 0
+    /// Of `seconds`, the time spent reading the sent images back from the destination to check their
+    /// SHA-256.
+    public var verifySeconds: Double = 0
     /// Seconds between the newest point on the source and now, once this run ended: how far the
     /// destination is behind (0 when it has the newest point).
     public var lagSeconds: Double?
@@ -152,6 +158,8 @@ public enum ReplicationOperation {
                                             log: options.log.map { log in { @Sendable line in log("\(machine)/\(version): \(line)") } }).run()
                 result.bytesSent += sent.bytesSent
                 result.bytesResumed += sent.bytesResumed
+                result.sendSeconds += sent.sendSeconds
+                result.verifySeconds += sent.verifySeconds
                 done += disk.imageSize
                 try options.progress?.checkCancelled()
             }

@@ -76,7 +76,7 @@ public final class SMBFile: ByteStore, Sendable {
 
     /// Runs `body` on the open handle, opening the file again on a fresh context after a lost
     /// connection (see the type's notes). Errors come out mapped, naming the file's URL.
-    private func withHandle<R>(_ operation: String, writing: Bool,
+    private func withHandle<R>(_ operation: String, writing: Bool, data: Bool = false,
                                _ body: (UnsafeMutablePointer<SMBCCTX>, OpaquePointer) throws -> R) throws -> R {
         var result: R?
         try state.withLock { s in
@@ -86,7 +86,7 @@ public final class SMBFile: ByteStore, Sendable {
                 do {
                     if s.file == nil { try reopen(&s) }
                     guard let context = s.context, let file = s.file else { continue }
-                    result = try context.withContext { ctx in try body(ctx, file) }
+                    result = try context.withContext(data: data) { ctx in try body(ctx, file) }
                     return
                 } catch let f as SMBCallFailure where SMBRetryPolicy.isConnectionLoss(f.errno) && attempt < session.retry.attempts {
                     s.context?.free()
@@ -142,7 +142,7 @@ public final class SMBFile: ByteStore, Sendable {
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
         guard buffer.count > 0, let base = buffer.baseAddress else { return }
         var done = 0
-        try withHandle("read", writing: false) { ctx, f in
+        try withHandle("read", writing: false, data: true) { ctx, f in
             while done < buffer.count {
                 let n = min(buffer.count - done, Self.maximumRequest)
                 let position = offset + UInt64(done)
@@ -162,7 +162,7 @@ public final class SMBFile: ByteStore, Sendable {
         guard isWritable else { throw StorageError.readOnly(path: url) }
         guard buffer.count > 0, let base = buffer.baseAddress else { return }
         var done = 0
-        try withHandle("write", writing: true) { ctx, f in
+        try withHandle("write", writing: true, data: true) { ctx, f in
             while done < buffer.count {
                 let n = min(buffer.count - done, Self.maximumRequest)
                 try smbCheck("seek", Int(smbc_getFunctionLseek(ctx)(ctx, f, off_t(offset + UInt64(done)), SEEK_SET)))
