@@ -80,6 +80,12 @@ struct DiskMountCommand: ParsableCommand {
         // Neither end leaks into other children; the server gets the write end as fd 3 (dup2 clears
         // the flag on the copy).
         for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        // Nothing else is inherited either: a descriptor of whoever started us must not be kept open
+        // by the long-lived server (Foundation's Process, for one, sees its child exit when a socket
+        // the child holds closes).
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
+            if let fd = Int32(name), fd > 2 { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        }
         var arguments = ["bulwark", "disk", "mount", image, dir, "--ready-fd", "3"]
         if allowOther { arguments.append("--allow-other") }
         if let format { arguments += ["--format", format.rawValue] }
