@@ -279,9 +279,12 @@ enum FuseLog {
         messages.withLock { $0 = [] }
         fuse_set_log_func { _, format, arguments in
             guard let format, let arguments else { return }
-            var buffer = [CChar](repeating: 0, count: 1024)
-            _ = vsnprintf(&buffer, buffer.count, format, arguments)
-            let text = String(cString: buffer).trimmingCharacters(in: .whitespacesAndNewlines)
+            var buffer = [UInt8](repeating: 0, count: 1024)
+            let n = buffer.withUnsafeMutableBufferPointer { b in
+                b.withMemoryRebound(to: CChar.self) { vsnprintf($0.baseAddress, $0.count, format, arguments) }
+            }
+            let text = String(decoding: buffer.prefix(max(0, min(Int(n), buffer.count - 1))), as: UTF8.self)
+                .trimmingCharacters(in: .whitespacesAndNewlines)
             FuseLog.messages.withLock { $0.append(text) }
         }
     }

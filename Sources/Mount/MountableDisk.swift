@@ -56,10 +56,3 @@ public final class ChainDisk: MountableDisk, @unchecked Sendable {
         try open?.close()
     }
 }
-
-/// A part of a disk (a partition) as a file: reads at `offset` inside it.
-struct DiskSlice: Sendable {
-    var name: String
-    var offset: UInt64
-    var length: UInt64
-}
