@@ -252,7 +252,7 @@ public final class DiskMount: @unchecked Sendable {
             let e = errno
             if e == ENOENT || e == ENOTDIR { throw MountError.mountpointMissing(path: path.string) }
             if e == ENOTCONN, let entry = mountEntry(at: path) {
-                throw MountError.alreadyMounted(path: path.string, fstype: "\(entry.fstype) whose server is gone; unmount it with `bulwark umount \(path.string)`")
+                throw MountError.alreadyMounted(path: path.string, fstype: "\(entry.fstype), whose server is gone")
             }
             throw MountError.failed(path: path.string, reason: "cannot use it as a mount folder: \(String(cString: strerror(e)))")
         }

@@ -83,6 +83,31 @@ import TestSupport
         #expect(!mounted(mnt))
     }
 
+    /// A server killed with SIGKILL leaves a dead mount (ENOTCONN): a new mount there is refused
+    /// naming it, and `bulwark umount` clears it.
+    @Test func deadServerMountIsClearedByUmount() throws {
+        guard try fusePrerequisites() else { return }
+        let dir = try TempDir("bulwark-mount-dead")
+        let image = dir.file("d.vhdx")
+        try runChecked(TestEnv.bulwark, ["disk", "create", image, "--size", "8M"])
+        let mnt = dir.file("mnt")
+        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
+        try runChecked(TestEnv.bulwark, ["disk", "mount", image, mnt])
+        defer { _ = try? run(TestEnv.bulwark, ["umount", "--lazy", mnt]) }
+        let pids = servers(image)
+        #expect(pids.count == 1)
+        for pid in pids { kill(pid, SIGKILL) }
+        #expect(waitUntil(5) { servers(image).isEmpty })
+        #expect(mounted(mnt))
+        let again = try run(TestEnv.bulwark, ["disk", "mount", image, mnt])
+        #expect(again.status == 8)
+        #expect(again.err.contains("whose server is gone"))
+        #expect(again.err.contains("bulwark umount \(mnt)"))
+        let u = try run(TestEnv.bulwark, ["umount", mnt])
+        #expect(u.status == 0, "\(u.err)")
+        #expect(!mounted(mnt))
+    }
+
     @Test func refusals() throws {
         guard try fusePrerequisites() else { return }
         let dir = try TempDir("bulwark-mount-cli")

@@ -30,7 +30,8 @@ struct DiskMountCommand: ParsableCommand {
         if !foreground && readyFd == nil { return try daemonize() }
         let mount = try DiskMount.mount(image: FilePath(image), format: format, at: FilePath(dir),
                                         options: MountOptions(allowOther: allowOther))
-        try Output.out(Array(Self.summary(mount).utf8))
+        // The mount stands: a closed standard output is no reason to leave it without its server.
+        try? Output.out(Array(Self.summary(mount).utf8))
         if let readyFd {
             // Ready: tell the waiting command, then let go of its terminal and pipes.
             _ = try? FileDescriptor(rawValue: readyFd).writeAll(Array("ready\n".utf8))
