@@ -98,12 +98,14 @@ func fusePrerequisites() throws -> Bool {
 // MARK: the library
 
 @Suite(.serialized) struct DiskMountTests {
-    @Test func chainAndPartitionThroughFUSE() throws {
+    /// Served from the local files, and from a store whose every byte comes from a helper process
+    /// through a pipe (as a chain on a target's share will be).
+    @Test(arguments: StoreKind.allCases) func chainAndPartitionThroughFUSE(store: StoreKind) throws {
         guard try fusePrerequisites() else { return }
         let chain = try MountChain()
         let mnt = chain.dir.file("mnt")
         try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
-        let mount = try DiskMount.mount(image: FilePath(chain.leaf), at: FilePath(mnt))
+        let mount = try DiskMount.mount(image: FilePath(chain.leaf), in: try store.space(), at: FilePath(mnt))
         defer { try? mount.unmount(lazy: true) }
         #expect(mounted(mnt))
         #expect(mount.table.scheme == .gpt)
@@ -135,7 +137,7 @@ func fusePrerequisites() throws -> Bool {
 
         // A second mount on the same folder is refused (it names what is there).
         #expect(throws: MountError.alreadyMounted(path: mnt, fstype: DiskMount.fsType)) {
-            try DiskMount.mount(image: FilePath(chain.leaf), at: FilePath(mnt))
+            try DiskMount.mount(image: FilePath(chain.leaf), in: try store.space(), at: FilePath(mnt))
         }
 
         try mount.unmount()
