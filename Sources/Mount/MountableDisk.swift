@@ -1,3 +1,4 @@
+import Glibc
 import Storage
 import SystemPackage
 import Synchronization
@@ -24,6 +25,9 @@ public final class ChainDisk: MountableDisk, @unchecked Sendable {
     private let lock = Mutex<Void>(())
     /// Guarded by `lock`.
     private var chain: DiskChain?
+    /// Descriptors holding a shared `flock` on each level (local files): writers, whose open takes
+    /// the exclusive lock, are refused as busy while the disk is served.
+    private var holds: [Int32] = []
     public let size: UInt64
     public let sectorSize: Int
     public let name: String
@@ -36,9 +40,32 @@ public final class ChainDisk: MountableDisk, @unchecked Sendable {
         self.chain = chain
     }
 
-    /// Opens `path` with its parents, read-only, in `space` (see `DiskChain.open`).
-    public convenience init(opening path: FilePath, format: DiskFormat? = nil, in space: any StoreSpace = LocalFileSystem()) throws {
-        self.init(try DiskChain.open(path, writable: false, format: format, in: space), name: space.absolute(path).string)
+    /// Opens `path` with its parents, read-only, in `space` (see `DiskChain.open`). On local files,
+    /// `holdAgainstWriters` takes a shared lock on every level, so that no writer (`disk write`, a
+    /// merge, retention) changes the bytes under the view while it lasts; a level a writer has open
+    /// already is `StorageError.busy`.
+    public convenience init(opening path: FilePath, format: DiskFormat? = nil, in space: any StoreSpace = LocalFileSystem(),
+                            holdAgainstWriters: Bool = true) throws {
+        let chain = try DiskChain.open(path, writable: false, format: format, in: space)
+        var holds: [Int32] = []
+        if holdAgainstWriters && space is LocalFileSystem {
+            do {
+                for level in chain.levels {
+                    let fd = open(level.path.string, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+                    guard fd >= 0 else { throw StorageError.io(path: level.path.string, operation: "open", errno: Errno(rawValue: errno)) }
+                    holds.append(fd)
+                    guard flock(fd, LOCK_SH | LOCK_NB) == 0 else {
+                        throw StorageError.busy(path: level.path.string, holder: LockHolders.otherHolder(of: level.path))
+                    }
+                }
+            } catch {
+                for fd in holds { _ = Glibc.close(fd) }
+                try? chain.close()
+                throw error
+            }
+        }
+        self.init(chain, name: space.absolute(path).string)
+        self.holds = holds
     }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
@@ -49,10 +76,11 @@ public final class ChainDisk: MountableDisk, @unchecked Sendable {
     }
 
     public func close() throws {
-        let open = lock.withLock { _ -> DiskChain? in
-            defer { chain = nil }
-            return chain
+        let (open, held) = lock.withLock { _ -> (DiskChain?, [Int32]) in
+            defer { chain = nil; holds = [] }
+            return (chain, holds)
         }
+        defer { for fd in held { _ = Glibc.close(fd) } }
         try open?.close()
     }
 }

@@ -140,9 +140,21 @@ func fusePrerequisites() throws -> Bool {
             try DiskMount.mount(image: FilePath(chain.leaf), in: try store.space(), at: FilePath(mnt))
         }
 
+        // No writer changes the chain under the view (local files): busy, status 5, naming the level.
+        let patch = chain.dir.file("patch.bin")
+        try Data(repeating: 0xA5, count: 4096).write(to: URL(fileURLWithPath: patch))
+        if store == .local {
+            let write = try run(TestEnv.bulwark, ["disk", "write", chain.leaf, "--offset", "0", "--input", patch])
+            #expect(write.status == 5, "\(write.err)")
+            #expect(write.err.contains(chain.leaf))
+            #expect(try sameBytes(mnt + "/disk", chain.expected))
+        }
+
         try mount.unmount()
         #expect(mount.isFinished)
         #expect(!mounted(mnt))
+        // Unmounted: the chain is free again.
+        try runChecked(TestEnv.bulwark, ["disk", "write", chain.leaf, "--offset", "0", "--input", patch])
         #expect(DiskMount.mountTable().allSatisfy { $0.fstype != DiskMount.fsType || !$0.source.contains(chain.leaf) })
     }
 

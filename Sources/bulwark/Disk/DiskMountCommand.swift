@@ -107,14 +107,16 @@ struct DiskMountCommand: ParsableCommand {
         posix_spawnattr_setsigmask(&attributes, &unblocked)
         // POSIX_SPAWN_SETSID (glibc 2.26): the server leaves the terminal's session and process group.
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | 0x80))
+        // This program by its real path, so the server's name (`ps`, a busy image's hint) is bulwark.
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "/proc/self/exe"
         var pid: pid_t = 0
         let spawned = withCStringArray(arguments) { argv in
-            posix_spawn(&pid, "/proc/self/exe", &actions, &attributes, argv, environ)
+            posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
         }
         _ = close(fds[1])
         guard spawned == 0 else {
             _ = close(fds[0])
-            throw StorageError.io(path: "/proc/self/exe", operation: "posix_spawn", errno: Errno(rawValue: spawned))
+            throw StorageError.io(path: executable, operation: "posix_spawn", errno: Errno(rawValue: spawned))
         }
         var said: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 64)
