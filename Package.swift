@@ -20,6 +20,7 @@ let package = Package(
         .library(name: "Protection", targets: ["Protection"]),
         .library(name: "Recovery", targets: ["Recovery"]),
         .library(name: "Replication", targets: ["Replication"]),
+        .library(name: "Mount", targets: ["Mount"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -35,6 +36,7 @@ let package = Package(
         .systemLibrary(name: "CSMBClient", pkgConfig: "smbclient", providers: [.apt(["libsmbclient-dev"])]),
         .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
         .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
+        .systemLibrary(name: "CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
 
         // Linux calls the Glibc overlay lacks (fallocate, copy_file_range, FICLONE, FIFREEZE).
         .target(name: "CLinux"),
@@ -59,8 +61,11 @@ let package = Package(
         // Restore: disks (and, to come, files and bare metal) from a target, checked against the
         // point's manifest (the checks verify uses, from Protection).
         .target(name: "Recovery", dependencies: ["Storage", "VirtualDisk", "Targets", "Protection", system]),
+        // FUSE views of a virtual disk (Mount-VHD): the whole disk and each partition as read-only
+        // files, served from any readable disk (a chain on a local folder or on a target's store).
+        .target(name: "Mount", dependencies: ["Storage", "VirtualDisk", "CFuse", system]),
         // The command-line tool: parses and prints; behaviour lives in the libraries.
-        .executableTarget(name: "bulwark", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", "Replication", argumentParser, system, logging]),
+        .executableTarget(name: "bulwark", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", "Replication", "Mount", argumentParser, system, logging]),
 
         // Shared helpers for the tests: temporary folders, external oracles, the built CLI.
         .target(name: "TestSupport", dependencies: [system, "Storage", "VirtualDisk"], path: "Tests/TestSupport"),
@@ -68,6 +73,7 @@ let package = Package(
         .testTarget(name: "ShadowCopyTests", dependencies: ["Storage", "ShadowCopy", "VirtualDisk", "TestSupport"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSMBClient", "CBlkid", "CArchive", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "Storage", "VirtualDisk"]),
+        .testTarget(name: "MountTests", dependencies: ["TestSupport", "Storage", "VirtualDisk", "Mount"]),
         .testTarget(name: "ProtectionTests", dependencies: ["TestSupport", "Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", "Replication", yams, logging]),
     ],
     swiftLanguageModes: [.v6]

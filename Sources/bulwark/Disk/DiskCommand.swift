@@ -7,9 +7,9 @@ import Storage
 struct DiskCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "disk",
-        abstract: "Create, inspect, read, write, merge, resize, convert, compact and check VHD, VHDX and raw disk images and differencing chains.",
+        abstract: "Create, inspect, read, write, merge, resize, convert, compact, check and mount VHD, VHDX and raw disk images and differencing chains.",
         subcommands: [DiskCreate.self, DiskInfo.self, DiskRead.self, DiskWrite.self, DiskMap.self,
-                      DiskMerge.self, DiskReparent.self, DiskResize.self, DiskConvert.self, DiskCompact.self, DiskCheck.self]
+                      DiskMerge.self, DiskReparent.self, DiskResize.self, DiskConvert.self, DiskCompact.self, DiskCheck.self, DiskMountCommand.self]
     )
 }
 

@@ -5,6 +5,7 @@ import ShadowCopy
 import VirtualDisk
 import Protection
 import Targets
+import Mount
 
 /// The exit status of every command, in one place (README "Exit codes" lists them). Scripts can tell
 /// a missing file from a damaged one from a busy one without parsing messages.
@@ -139,6 +140,7 @@ extension Failure {
         case let e as TargetError: say(e, hints(for: e)); return ExitCode(ExitStatus.of(e))
         case let e as HistoryError: say(e); return ExitCode(ExitStatus.ioError)
         case let e as SMBError: say(e); return ExitCode(ExitStatus.of(e))
+        case let e as MountError: say(e, hints(for: e)); return ExitCode(ExitStatus.of(e))
         case is OperationCancelled: say(error); return ExitCode(ExitStatus.failed)
         default: return error
         }
@@ -163,7 +165,36 @@ extension Failure {
     }
 }
 
+extension Failure {
+    static func hints(for error: MountError) -> [String] {
+        switch error {
+        case let .alreadyMounted(path, fstype) where fstype.hasPrefix(DiskMount.fsType):
+            return ["`bulwark umount \(path)` ends that disk mount"]
+        case .notMounted:
+            return ["`findmnt -t \(DiskMount.fsType)` lists the Bulwark disk mounts"]
+        case let .busy(path):
+            return ["`fuser -vm \(path)` lists the processes using it; `bulwark umount --lazy \(path)` detaches it now"]
+        case .fuseUnavailable:
+            return ["run as root, or install fuse3 (tools/setup) for fusermount3"]
+        default:
+            return []
+        }
+    }
+}
+
 extension ExitStatus {
+    /// A missing folder is "not found", a mount in use "busy", a folder that is mounted already (or
+    /// a mount that is not Bulwark's) "refused".
+    static func of(_ error: MountError) -> Int32 {
+        switch error {
+        case .mountpointMissing, .notMounted: notFound
+        case .alreadyMounted, .notBulwarkMount: refused
+        case .busy: busy
+        case .notADirectory: usage
+        case .fuseUnavailable, .failed: failed
+        }
+    }
+
     static func of(_ error: SMBError) -> Int32 {
         switch error {
         case .shareNotFound: notFound
