@@ -27,11 +27,25 @@ struct DiskMountCommand: ParsableCommand {
     @Option(help: .hidden) var readyFd: Int32?
 
     func run() throws {
-        if !foreground && readyFd == nil { return try daemonize() }
+        var arguments = ["disk", "mount", image, dir]
+        if allowOther { arguments.append("--allow-other") }
+        if let format { arguments += ["--format", format.rawValue] }
+        if !foreground && readyFd == nil { return try MountServer.daemonize(arguments, dir: dir) }
         let mount = try DiskMount.mount(image: FilePath(image), format: format, at: FilePath(dir),
                                         options: MountOptions(allowOther: allowOther))
+        MountServer.serve(mount, readyFd: readyFd)
+    }
+}
+
+/// The serving side shared by `bulwark disk mount` and `bulwark mount`: a command either serves its
+/// mount itself (`--foreground`), or starts itself again in the background with `--ready-fd 3` and
+/// returns once that server says the mount is ready.
+enum MountServer {
+    /// Prints the mount's summary, tells a waiting starter (`readyFd`) that it is ready, and serves
+    /// until the mount is gone (`bulwark umount`, or SIGINT/SIGTERM/SIGHUP, which unmount it).
+    static func serve(_ mount: DiskMount, readyFd: Int32?) {
         // The mount stands: a closed standard output is no reason to leave it without its server.
-        try? Output.out(Array(Self.summary(mount).utf8))
+        try? Output.out(Array(summary(mount).utf8))
         if let readyFd {
             // Ready: tell the waiting command, then let go of its terminal and pipes.
             _ = try? FileDescriptor(rawValue: readyFd).writeAll(Array("ready\n".utf8))
@@ -73,7 +87,8 @@ struct DiskMountCommand: ParsableCommand {
 
     /// Starts this command again in the background (a new session, standard input from /dev/null)
     /// and waits until it says the mount is ready, or exits with its status when it fails.
-    func daemonize() throws {
+    /// `arguments` are the command's own (without the program name); `dir` names the mount in errors.
+    static func daemonize(_ arguments: [String], dir: String) throws {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else {
             throw StorageError.io(path: dir, operation: "pipe", errno: Errno(rawValue: errno))
@@ -87,9 +102,7 @@ struct DiskMountCommand: ParsableCommand {
         for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
             if let fd = Int32(name), fd > 2 { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         }
-        var arguments = ["bulwark", "disk", "mount", image, dir, "--ready-fd", "3"]
-        if allowOther { arguments.append("--allow-other") }
-        if let format { arguments += ["--format", format.rawValue] }
+        let arguments = ["bulwark"] + arguments + ["--ready-fd", "3"]
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -141,7 +154,7 @@ struct DiskMountCommand: ParsableCommand {
 struct UmountCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "umount",
-        abstract: "Unmount a disk mounted with `bulwark disk mount`."
+        abstract: "Unmount a disk mounted with `bulwark disk mount` or `bulwark mount`."
     )
 
     @Argument(help: "The folder the disk is mounted on.") var dir: String

@@ -11,7 +11,7 @@ struct RestoreCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "restore",
         abstract: "Restore from a recovery point.",
-        subcommands: [RestoreDisk.self]
+        subcommands: [RestoreDisk.self, RestoreFiles.self]
     )
 }
 

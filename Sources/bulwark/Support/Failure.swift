@@ -141,6 +141,7 @@ extension Failure {
         case let e as HistoryError: say(e); return ExitCode(ExitStatus.ioError)
         case let e as SMBError: say(e); return ExitCode(ExitStatus.of(e))
         case let e as MountError: say(e, hints(for: e)); return ExitCode(ExitStatus.of(e))
+        case let e as FilesError: say(e); return ExitCode(e.status)
         case is OperationCancelled: say(error); return ExitCode(ExitStatus.failed)
         default: return error
         }
