@@ -1,0 +1,189 @@
+import Foundation
+import Glibc
+import Testing
+import TestSupport
+
+/// getxattr(2) (Glibc does not export it to Swift).
+@_silgen_name("getxattr") func xattrGet(_ path: UnsafePointer<CChar>, _ name: UnsafePointer<CChar>, _ value: UnsafeMutableRawPointer?, _ size: Int) -> Int
+
+/// `bulwark mount --target`, `bulwark files list` and `bulwark restore files` on real points: a raw
+/// disk with a GPT and an ext4 partition, backed up full, changed with debugfs, backed up again.
+@Suite(.serialized) struct PointFilesCLITests {
+    final class Bench {
+        let dir: TempDir
+        var disk: String { dir.file("disk.img") }
+        var target: String { dir.file("target") }
+        var env: [String: String] { ["BULWARK_STATE_DIR": dir.file("state")] }
+        var full = "", incremental = ""
+        /// The partition's start on the disk.
+        static let offset = 1 << 20
+
+        init() throws {
+            dir = try TempDir("point-files")
+            let src = dir.file("src")
+            let fm = FileManager.default
+            for d in ["etc", "data/deep", "empty"] { try fm.createDirectory(atPath: src + "/" + d, withIntermediateDirectories: true) }
+            try Data("hosts file\n".utf8).write(to: URL(fileURLWithPath: src + "/etc/hosts"))
+            try Data(String(repeating: "big line\n", count: 2000).utf8).write(to: URL(fileURLWithPath: src + "/data/deep/big.txt"))
+            try Data("#!/bin/sh\n".utf8).write(to: URL(fileURLWithPath: src + "/data/run.sh"))
+            #expect(chmod(src + "/etc/hosts", 0o640) == 0)
+            #expect(chown(src + "/etc/hosts", 12, 34) == 0)
+            #expect(chmod(src + "/data/run.sh", 0o4755) == 0)
+            #expect(chmod(src + "/data/deep", 0o750) == 0)
+            #expect(symlink("../etc/hosts", src + "/data/link") == 0)
+            #expect(symlink("/etc/passwd", src + "/data/abs") == 0)
+            try runChecked(sys("touch"), ["-h", "-d", "2020-01-02 03:04:05 UTC", src + "/etc/hosts", src + "/data/link"])
+            let h = try FileHandle(forWritingTo: URL(fileURLWithPath: { fm.createFile(atPath: disk, contents: nil); return disk }()))
+            try h.truncate(atOffset: 40 << 20)
+            try h.close()
+            try runChecked(sys("sfdisk"), ["-q", disk], input: Data("label: gpt\nstart=2048, size=60000, type=L\n".utf8))
+            let part = dir.file("part.img")
+            fm.createFile(atPath: part, contents: nil)
+            try runChecked(sys("truncate"), ["-s", String(60000 * 512), part])
+            try runChecked(sys("mkfs.ext4"), ["-q", "-d", src, part])
+            try runChecked(sys("debugfs"), ["-w", "-R", "ea_set /etc/hosts user.note hello", part])
+            try runChecked(sys("dd"), ["if=\(part)", "of=\(disk)", "bs=512", "seek=2048", "conv=notrunc", "status=none"])
+            try """
+            name: files
+            machine: guest
+            sources:
+              - disk: \(disk)
+            consistency:
+              provider: none
+              allow-crash-consistent: true
+            target: \(target)
+            keep: {last: 10}
+            """.write(toFile: dir.file("policy.yaml"), atomically: true, encoding: .utf8)
+            full = try backup()
+            // The change: a new file, a removed one (debugfs on the partition, never mounted).
+            try Data("new\n".utf8).write(to: URL(fileURLWithPath: dir.file("new.txt")))
+            let fs = "\(disk)?offset=\(Self.offset)"
+            try runChecked(sys("debugfs"), ["-w", "-R", "write \(dir.file("new.txt")) /etc/new.txt", fs])
+            try runChecked(sys("debugfs"), ["-w", "-R", "rm /data/deep/big.txt", fs])
+            sleep(1)
+            incremental = try backup()
+        }
+
+        func backup() throws -> String {
+            let r = try run(TestEnv.bulwark, ["backup", "start", "--policy", dir.file("policy.yaml")], environment: env)
+            guard r.status == 0 else { throw TestFailure("backup: \(r.err)") }
+            return try FileManager.default.contentsOfDirectory(atPath: target + "/BulwarkBackup/guest").filter { $0.hasPrefix("20") }.sorted().last!
+        }
+
+        func bulwark(_ args: [String]) throws -> RunResult {
+            try run(TestEnv.bulwark, args, environment: env)
+        }
+
+        func point(_ v: String) -> [String] { ["--target", target, "--version", v] }
+    }
+
+    /// Nothing of a files command is left behind: no mount of its temporary folders, no folder.
+    func leftovers() -> [String] {
+        let mounts = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
+        let temp = ((try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? []).filter { $0.hasPrefix("bulwark-files.") }
+        return mounts.split(separator: "\n").filter { $0.contains("bulwark-files.") }.map(String.init) + temp
+    }
+
+    func prerequisites() throws -> Bool {
+        guard try fusePrerequisites() else { return false }
+        return try TestEnv.tools("debugfs", "blkid", "cp")
+    }
+
+    @Test func mountFilesListAndRestoreFiles() throws {
+        guard try prerequisites() else { return }
+        #expect(leftovers().isEmpty, "\(leftovers())")
+        let b = try Bench()
+
+        // mount --target: the incremental's disk, byte for byte what `restore disk` writes.
+        let mnt = b.dir.file("mnt")
+        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
+        let m = try b.bulwark(["mount"] + b.point(b.incremental) + [mnt])
+        #expect(m.status == 0, "\(m.err)")
+        #expect(mounted(mnt))
+        let restored = b.dir.file("restored.img")
+        let r = try b.bulwark(["restore", "disk"] + b.point(b.incremental) + ["--to", restored])
+        #expect(r.status == 0, "\(r.err)")
+        #expect(try sameBytes(mnt + "/disk", restored))
+        #expect(try sameBytes(mnt + "/disk", b.disk))
+        let u = try b.bulwark(["umount", mnt])
+        #expect(u.status == 0, "\(u.err)")
+        #expect(!mounted(mnt))
+
+        // files list: the changed tree in the incremental, the old one in the full point.
+        struct Entry: Decodable { var path: String; var type: String; var size: UInt64; var mode: String; var mtime: String; var target: String? }
+        struct Listing: Decodable { var entries: [Entry] }
+        func list(_ v: String) throws -> [String: Entry] {
+            let l = try b.bulwark(["files", "list"] + b.point(v) + ["--json"])
+            #expect(l.status == 0, "\(l.err)")
+            #expect(leftovers().isEmpty, "\(leftovers())")
+            let listing = try JSONDecoder().decode(Listing.self, from: l.stdout)
+            return Dictionary(listing.entries.map { ($0.path, $0) }, uniquingKeysWith: { a, _ in a })
+        }
+        let now = try list(b.incremental), before = try list(b.full)
+        #expect(now["/etc/new.txt"]?.size == 4)
+        #expect(now["/data/deep/big.txt"] == nil)
+        #expect(before["/etc/new.txt"] == nil)
+        #expect(before["/data/deep/big.txt"]?.size == 18000)
+        #expect(now["/etc/hosts"]?.mode == "0640")
+        #expect(now["/etc/hosts"]?.mtime == "2020-01-02T03:04:05Z")
+        #expect(now["/data/link"]?.type == "symlink" && now["/data/link"]?.target == "../etc/hosts")
+        #expect(now["/data/deep"]?.type == "directory" && now["/data/deep"]?.mode == "0750")
+        let sub = try b.bulwark(["files", "list"] + b.point(b.incremental) + ["--path", "/etc"])
+        #expect(sub.status == 0 && sub.out.contains("/etc/new.txt") && !sub.out.contains("/data"), "\(sub.out)\(sub.err)")
+
+        // restore files: one file from the incremental.
+        let one = b.dir.file("one")
+        let f = try b.bulwark(["restore", "files"] + b.point(b.incremental) + ["--path", "/etc/hosts", "--to", one])
+        #expect(f.status == 0, "\(f.err)")
+        #expect(leftovers().isEmpty, "\(leftovers())")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: one) == ["etc"])
+        #expect(FileManager.default.contents(atPath: one + "/etc/hosts") == Data("hosts file\n".utf8))
+        var st = stat()
+        #expect(lstat(one + "/etc/hosts", &st) == 0)
+        #expect(st.st_mode & 0o7777 == 0o640 && st.st_uid == 12 && st.st_gid == 34)
+        #expect(st.st_mtim.tv_sec == 1_577_934_245)
+        var value = [UInt8](repeating: 0, count: 64)
+        let n = xattrGet(one + "/etc/hosts", "user.note", &value, value.count)
+        #expect(n == 5 && Array(value[0..<max(0, n)]) == Array("hello".utf8), "the xattr comes back")
+
+        // A whole tree from the full point: contents, modes, links as links.
+        let tree = b.dir.file("tree")
+        try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
+        let t = try b.bulwark(["restore", "files"] + b.point(b.full) + ["--path", "/data", "--path", "etc/hosts", "--to", tree, "--json"])
+        #expect(t.status == 0, "\(t.err)")
+        #expect(leftovers().isEmpty, "\(leftovers())")
+        #expect(FileManager.default.contents(atPath: tree + "/data/deep/big.txt") == Data(String(repeating: "big line\n", count: 2000).utf8))
+        #expect(!FileManager.default.fileExists(atPath: tree + "/etc/new.txt"))
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: tree + "/data/link") == "../etc/hosts")
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: tree + "/data/abs") == "/etc/passwd")
+        #expect(lstat(tree + "/data/link", &st) == 0 && st.st_mtim.tv_sec == 1_577_934_245)
+        #expect(lstat(tree + "/data/deep", &st) == 0 && st.st_mode & 0o7777 == 0o750)
+        #expect(lstat(tree + "/data/run.sh", &st) == 0 && st.st_mode & 0o7777 == 0o4755)
+        // The same tree from the incremental: the removed file is gone, the new one is there.
+        let tree2 = b.dir.file("tree2")
+        let t2 = try b.bulwark(["restore", "files"] + b.point(b.incremental) + ["--path", "/", "--to", tree2])
+        #expect(t2.status == 0, "\(t2.err)")
+        #expect(FileManager.default.contents(atPath: tree2 + "/etc/new.txt") == Data("new\n".utf8))
+        #expect(!FileManager.default.fileExists(atPath: tree2 + "/data/deep/big.txt"))
+
+        // A missing path: status 3, naming the volume; nothing created.
+        let missing = b.dir.file("missing")
+        let x = try b.bulwark(["restore", "files"] + b.point(b.full) + ["--path", "/etc/new.txt", "--to", missing])
+        #expect(x.status == 3)
+        #expect(x.err.contains("/etc/new.txt") && x.err.contains("volume 1"), "\(x.err)")
+        #expect(!FileManager.default.fileExists(atPath: missing))
+        let xl = try b.bulwark(["files", "list"] + b.point(b.full) + ["--path", "/nope"])
+        #expect(xl.status == 3)
+        // Never overwrite: a non-empty --to is refused and left alone.
+        let again = try b.bulwark(["restore", "files"] + b.point(b.full) + ["--path", "/etc/hosts", "--to", one])
+        #expect(again.status == 8, "\(again.err)")
+        #expect(FileManager.default.contents(atPath: one + "/etc/hosts") == Data("hosts file\n".utf8))
+        // Nothing may leave the volume: `..` and paths through symbolic links are refused.
+        for p in ["../etc", "/data/link/x"] {
+            let bad = try b.bulwark(["restore", "files"] + b.point(b.full) + ["--path", p, "--to", b.dir.file("bad")])
+            #expect(bad.status == 64, "\(p): \(bad.err)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: b.dir.file("bad")))
+        #expect(leftovers().isEmpty, "\(leftovers())")
+    }
+}
