@@ -9,74 +9,6 @@ import TestSupport
 /// `bulwark mount --target`, `bulwark files list` and `bulwark restore files` on real points: a raw
 /// disk with a GPT and an ext4 partition, backed up full, changed with debugfs, backed up again.
 @Suite(.serialized) struct PointFilesCLITests {
-    final class Bench {
-        let dir: TempDir
-        var disk: String { dir.file("disk.img") }
-        var target: String { dir.file("target") }
-        var env: [String: String] { ["BULWARK_STATE_DIR": dir.file("state")] }
-        var full = "", incremental = ""
-        /// The partition's start on the disk.
-        static let offset = 1 << 20
-
-        init() throws {
-            dir = try TempDir("point-files")
-            let src = dir.file("src")
-            let fm = FileManager.default
-            for d in ["etc", "data/deep", "empty"] { try fm.createDirectory(atPath: src + "/" + d, withIntermediateDirectories: true) }
-            try Data("hosts file\n".utf8).write(to: URL(fileURLWithPath: src + "/etc/hosts"))
-            try Data(String(repeating: "big line\n", count: 2000).utf8).write(to: URL(fileURLWithPath: src + "/data/deep/big.txt"))
-            try Data("#!/bin/sh\n".utf8).write(to: URL(fileURLWithPath: src + "/data/run.sh"))
-            #expect(chmod(src + "/etc/hosts", 0o640) == 0)
-            #expect(chown(src + "/etc/hosts", 12, 34) == 0)
-            #expect(chmod(src + "/data/run.sh", 0o4755) == 0)
-            #expect(chmod(src + "/data/deep", 0o750) == 0)
-            #expect(symlink("../etc/hosts", src + "/data/link") == 0)
-            #expect(symlink("/etc/passwd", src + "/data/abs") == 0)
-            try runChecked(sys("touch"), ["-h", "-d", "2020-01-02 03:04:05 UTC", src + "/etc/hosts", src + "/data/link"])
-            let h = try FileHandle(forWritingTo: URL(fileURLWithPath: { fm.createFile(atPath: disk, contents: nil); return disk }()))
-            try h.truncate(atOffset: 40 << 20)
-            try h.close()
-            try runChecked(sys("sfdisk"), ["-q", disk], input: Data("label: gpt\nstart=2048, size=60000, type=L\n".utf8))
-            let part = dir.file("part.img")
-            fm.createFile(atPath: part, contents: nil)
-            try runChecked(sys("truncate"), ["-s", String(60000 * 512), part])
-            try runChecked(sys("mkfs.ext4"), ["-q", "-d", src, part])
-            try runChecked(sys("debugfs"), ["-w", "-R", "ea_set /etc/hosts user.note hello", part])
-            try runChecked(sys("dd"), ["if=\(part)", "of=\(disk)", "bs=512", "seek=2048", "conv=notrunc", "status=none"])
-            try """
-            name: files
-            machine: guest
-            sources:
-              - disk: \(disk)
-            consistency:
-              provider: none
-              allow-crash-consistent: true
-            target: \(target)
-            keep: {last: 10}
-            """.write(toFile: dir.file("policy.yaml"), atomically: true, encoding: .utf8)
-            full = try backup()
-            // The change: a new file, a removed one (debugfs on the partition, never mounted).
-            try Data("new\n".utf8).write(to: URL(fileURLWithPath: dir.file("new.txt")))
-            let fs = "\(disk)?offset=\(Self.offset)"
-            try runChecked(sys("debugfs"), ["-w", "-R", "write \(dir.file("new.txt")) /etc/new.txt", fs])
-            try runChecked(sys("debugfs"), ["-w", "-R", "rm /data/deep/big.txt", fs])
-            sleep(1)
-            incremental = try backup()
-        }
-
-        func backup() throws -> String {
-            let r = try run(TestEnv.bulwark, ["backup", "start", "--policy", dir.file("policy.yaml")], environment: env)
-            guard r.status == 0 else { throw TestFailure("backup: \(r.err)") }
-            return try FileManager.default.contentsOfDirectory(atPath: target + "/BulwarkBackup/guest").filter { $0.hasPrefix("20") }.sorted().last!
-        }
-
-        func bulwark(_ args: [String]) throws -> RunResult {
-            try run(TestEnv.bulwark, args, environment: env)
-        }
-
-        func point(_ v: String) -> [String] { ["--target", target, "--version", v] }
-    }
-
     /// Nothing of a files command is left behind: no mount of its temporary folders, no folder.
     func leftovers() -> [String] {
         let mounts = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
@@ -92,7 +24,7 @@ import TestSupport
     @Test func mountFilesListAndRestoreFiles() throws {
         guard try prerequisites() else { return }
         #expect(leftovers().isEmpty, "\(leftovers())")
-        let b = try Bench()
+        let b = try PointBench()
 
         // mount --target: the incremental's disk, byte for byte what `restore disk` writes.
         let mnt = b.dir.file("mnt")
@@ -184,6 +116,14 @@ import TestSupport
             #expect(bad.status == 64, "\(p): \(bad.err)")
         }
         #expect(!FileManager.default.fileExists(atPath: b.dir.file("bad")))
+        #expect(leftovers().isEmpty, "\(leftovers())")
+
+        // Two machines on the target: --machine is needed, and the error lists them.
+        try FileManager.default.createDirectory(atPath: b.target + "/BulwarkBackup/other", withIntermediateDirectories: true)
+        let which = try b.bulwark(["files", "list"] + b.point(b.full))
+        #expect(which.status == 3 && which.err.contains("guest") && which.err.contains("other"), "\(which.err)")
+        let named = try b.bulwark(["files", "list"] + b.point(b.full) + ["--machine", "guest", "--path", "/etc/hosts"])
+        #expect(named.status == 0 && named.out.contains("/etc/hosts"), "\(named.err)")
         #expect(leftovers().isEmpty, "\(leftovers())")
     }
 }

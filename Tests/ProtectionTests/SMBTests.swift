@@ -412,3 +412,39 @@ func copyTree(_ local: String, to destination: FilePath, in space: any StoreSpac
         #expect(wrong.status != 0 && !wrong.err.contains("not-the-password"), "\(wrong.err)")
     }
 }
+
+/// `bulwark mount --target smb://...`, `files list` and `restore files` reading a point straight
+/// from a share (through the target's SMB space).
+@Suite(.serialized) struct SMBPointFilesTests {
+    @Test func mountListAndRestoreFilesFromAShare() throws {
+        guard try SambaServer.available() else { return }
+        guard try TestEnv.prerequisite(access("/dev/fuse", R_OK | W_OK) == 0, "/dev/fuse") else { return }
+        guard try TestEnv.tools("sfdisk", "mkfs.ext4", "debugfs", "blkid") else { return }
+        let server = try SambaServer()
+        defer { server.stop() }
+        let b = try PointBench()
+        let share = server.url(path: "/files")
+        let creds = ["--credentials", server.credentialsFile]
+        let replicate = try run(TestEnv.bulwark, ["replicate", "--from", b.target, "--to", share] + creds)
+        #expect(replicate.status == 0, "\(replicate.err)")
+        func point(_ v: String) -> [String] { ["--target", share, "--version", v] + creds }
+
+        let mnt = b.dir.file("mnt")
+        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
+        let m = try run(TestEnv.bulwark, ["mount"] + point(b.incremental) + [mnt])
+        #expect(m.status == 0, "\(m.err)")
+        #expect(try run(sys("cmp"), [mnt + "/disk", b.disk]).status == 0, "the share's point reads as the source disk")
+        let u = try run(TestEnv.bulwark, ["umount", mnt])
+        #expect(u.status == 0, "\(u.err)")
+
+        let l = try run(TestEnv.bulwark, ["files", "list"] + point(b.incremental) + ["--path", "/etc"])
+        #expect(l.status == 0 && l.out.contains("/etc/new.txt"), "\(l.out)\(l.err)")
+        let to = b.dir.file("from-share")
+        let r = try run(TestEnv.bulwark, ["restore", "files"] + point(b.full) + ["--path", "/data", "--to", to])
+        #expect(r.status == 0, "\(r.err)")
+        #expect(FileManager.default.contents(atPath: to + "/data/deep/big.txt") == Data(String(repeating: "big line\n", count: 2000).utf8))
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: to + "/data/link") == "../etc/hosts")
+        let mounts = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
+        #expect(!mounts.contains("bulwark-files.") && !mounts.contains(mnt))
+    }
+}
