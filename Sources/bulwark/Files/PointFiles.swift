@@ -52,7 +52,8 @@ struct PointVolume: Encodable {
 
 /// Runs a program, returning its status and what it printed (both streams).
 @discardableResult
-func runTool(_ path: String, _ arguments: [String], in directory: String? = nil, check: Bool = true) throws -> (status: Int32, output: String) {
+func runTool(_ path: String, _ arguments: [String], in directory: String? = nil, check: Bool = true,
+             started: (Process?) -> Void = { _ in }) throws -> (status: Int32, output: String) {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: path)
     p.arguments = arguments
@@ -62,6 +63,8 @@ func runTool(_ path: String, _ arguments: [String], in directory: String? = nil,
     p.standardError = pipe
     p.standardInput = FileHandle.nullDevice
     try p.run()
+    started(p)
+    defer { started(nil) }
     let data = pipe.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
     let output = String(decoding: data, as: UTF8.self)
@@ -77,14 +80,24 @@ func systemTool(_ name: String) -> String {
 }
 
 /// A point's disk mounted in this process on a temporary folder, with one volume at a time
-/// loop-mounted read-only beside it. `close` (also run on SIGINT/SIGTERM/SIGHUP, before exiting)
-/// unmounts everything and removes the folders.
+/// loop-mounted read-only beside it. `close` unmounts everything and removes the folders. On
+/// SIGINT/SIGTERM/SIGHUP the handler stops the running program (cp), waits for a mount in progress
+/// to be recorded, closes and exits; the command's own thread stops at its next step, so that it
+/// never exits first with a mount half undone.
 final class PointFilesystem: @unchecked Sendable {
     let folder: String
-    let mount: DiskMount
-    let volumes: [PointVolume]
+    private(set) var volumes: [PointVolume] = []
     private var root: String { folder + "/volume" }
-    private let state = Mutex<(closed: Bool, mounted: Bool)>((false, false))
+    struct State {
+        var closed = false
+        var mounted = false
+        var interrupted = false
+        var disk: DiskMount?
+        var child: Process?
+    }
+    private let state = Mutex<State>(State())
+    /// Held while a mount is made and recorded: the handler's close waits for it.
+    private let mounting = NSLock()
     private var signals: [any DispatchSourceSignal] = []
 
     init(_ point: PointDiskOptions) throws {
@@ -93,18 +106,43 @@ final class PointFilesystem: @unchecked Sendable {
             throw StorageError.io(path: "/tmp", operation: "mkdtemp", errno: Errno(rawValue: errno))
         }
         folder = String(cString: made)
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { [self] in
+                // If the command is closing already, it finishes that and exits by itself.
+                let mine = state.withLock { s -> Bool in
+                    if s.closed { return false }
+                    s.interrupted = true
+                    return true
+                }
+                guard mine else { return }
+                if let child = state.withLock({ $0.child }), child.isRunning { child.terminate() }
+                mounting.lock()
+                close()
+                exit(128 + sig)
+            }
+            source.resume()
+            signals.append(source)
+        }
+        let mount: DiskMount
         do {
             try FileManager.default.createDirectory(atPath: folder + "/disk", withIntermediateDirectories: false)
             try FileManager.default.createDirectory(atPath: folder + "/volume", withIntermediateDirectories: false)
             let disk = try point.openDisk()
+            stopIfInterrupted()
+            // Not interrupted inside: the handler waits for the lock before it closes.
+            mounting.lock()
+            defer { mounting.unlock() }
             do {
                 mount = try DiskMount.mount(disk: disk, at: FilePath(folder + "/disk"))
             } catch {
                 try? disk.close()
                 throw error
             }
+            state.withLock { $0.disk = mount }
         } catch {
-            try? FileManager.default.removeItem(atPath: folder)
+            close()
             throw error
         }
         let parts = mount.files.filter { $0.partition != nil }
@@ -116,19 +154,27 @@ final class PointFilesystem: @unchecked Sendable {
             let type = probe.flatMap { $0.status == 0 ? $0.output.trimmingCharacters(in: .whitespacesAndNewlines) : nil }
             return PointVolume(number: number, size: f.size, filesystem: type?.isEmpty == false ? type : nil, offset: f.offset)
         }
-        for sig in [SIGINT, SIGTERM, SIGHUP] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { [self] in
-                close()
-                exit(128 + sig)
-            }
-            source.resume()
-            signals.append(source)
-        }
     }
 
     var labels: [String] { volumes.map(\.label) }
+
+    /// On the command's thread after a signal: waits for the exit the signal's handler makes.
+    private func stopIfInterrupted() {
+        guard state.withLock({ $0.interrupted }) else { return }
+        while true { pause() }
+    }
+
+    /// Runs a program (cp) as the command's current child, which an interruption stops.
+    @discardableResult
+    func run(_ path: String, _ arguments: [String], in directory: String? = nil, check: Bool = true) throws -> (status: Int32, output: String) {
+        stopIfInterrupted()
+        do {
+            return try runTool(path, arguments, in: directory, check: check) { p in self.state.withLock { $0.child = p } }
+        } catch {
+            stopIfInterrupted()
+            throw error
+        }
+    }
 
     /// The volume to use: `number`, else the only one with a filesystem, else the only one on which
     /// every path exists.
@@ -162,12 +208,16 @@ final class PointFilesystem: @unchecked Sendable {
         default: options = "ro,loop,nodev,nosuid,noexec"
         }
         let file = folder + "/disk/" + (v.number == 0 ? "disk" : "part\(v.number)")
+        stopIfInterrupted()
+        mounting.lock()
+        defer { mounting.unlock() }
         try runTool(systemTool("mount"), ["-o", options, file, root])
         state.withLock { $0.mounted = true }
         return root
     }
 
     func unmountVolume() throws {
+        stopIfInterrupted()
         guard state.withLock({ $0.mounted }) else { return }
         try runTool(systemTool("umount"), [root])
         state.withLock { $0.mounted = false }
@@ -175,20 +225,21 @@ final class PointFilesystem: @unchecked Sendable {
 
     /// Unmounts the volume and the disk (lazily when busy) and removes the folders. Runs once.
     func close() {
-        let (wasClosed, mounted) = state.withLock { s -> (Bool, Bool) in
-            defer { s.closed = true; s.mounted = false }
-            return (s.closed, s.mounted)
+        let (wasClosed, mounted, disk) = state.withLock { s -> (Bool, Bool, DiskMount?) in
+            defer { s.closed = true; s.mounted = false; s.disk = nil }
+            return (s.closed, s.mounted, s.disk)
         }
-        guard !wasClosed else { return }
+        guard !wasClosed else { return stopIfInterrupted() }
         if mounted, (try? runTool(systemTool("umount"), [root])) == nil {
             _ = try? runTool(systemTool("umount"), ["-l", root], check: false)
         }
-        if (try? mount.unmount()) == nil { try? mount.unmount(lazy: true) }
-        mount.wait()
+        if let disk {
+            if (try? disk.unmount()) == nil { try? disk.unmount(lazy: true) }
+            disk.wait()
+        }
         _ = rmdir(folder + "/volume")
         _ = rmdir(folder + "/disk")
         _ = rmdir(folder)
-        for s in signals { s.cancel() }
     }
 
     /// `path` relative to the volume root (no `..`, no symbolic link on the way to it), checked to
@@ -347,9 +398,9 @@ struct RestoreFiles: ParsableCommand {
         do {
             for rel in rels {
                 if rel.isEmpty {
-                    try runTool(systemTool("cp"), ["-a", "--preserve=all", "--no-target-directory", "--", root + "/.", to])
+                    try fs.run(systemTool("cp"), ["-a", "--preserve=all", "--no-target-directory", "--", root + "/.", to])
                 } else {
-                    try runTool(systemTool("cp"), ["-a", "--preserve=all", "--parents", "--", rel, to], in: root)
+                    try fs.run(systemTool("cp"), ["-a", "--preserve=all", "--parents", "--", rel, to], in: root)
                 }
                 count += FileEntry.walk(root: root, rel: rel).count
             }
