@@ -126,4 +126,29 @@ import TestSupport
         #expect(named.status == 0 && named.out.contains("/etc/hosts"), "\(named.err)")
         #expect(leftovers().isEmpty, "\(leftovers())")
     }
+
+    /// SIGTERM at any step (starting, opening the target, mounting, copying): the command exits with
+    /// 143 (or dies of it before it made anything), or finishes, and leaves nothing mounted and no temporary folder.
+    @Test func interruptedAtAnyStepLeavesNothing() throws {
+        guard try prerequisites() else { return }
+        let b = try PointBench()
+        var interrupted = 0
+        for (i, delay) in [0.0, 0.03, 0.06, 0.09, 0.11, 0.13, 0.15, 0.18, 0.22, 0.3, 0.5].enumerated() {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: TestEnv.bulwark)
+            p.arguments = ["restore", "files"] + b.point(b.full) + ["--path", "/", "--to", b.dir.file("kill\(i)")]
+            p.environment = ProcessInfo.processInfo.environment.merging(b.env) { $1 }
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            usleep(UInt32(delay * 1_000_000))
+            kill(p.processIdentifier, SIGTERM)
+            p.waitUntilExit()
+            // 15: killed by the signal while starting, before it made anything.
+            #expect([0, 143, 15].contains(p.terminationStatus), "after \(delay) s: \(p.terminationStatus)")
+            if p.terminationStatus == 143 { interrupted += 1 }
+            #expect(leftovers().isEmpty, "after \(delay) s: \(leftovers())")
+        }
+        #expect(interrupted > 0)
+    }
 }
