@@ -151,4 +151,58 @@ import TestSupport
         }
         #expect(interrupted > 0)
     }
+
+    /// Two ext4 partitions: without --volume the one where the path exists, else an error listing
+    /// the volumes with their sizes and filesystems.
+    @Test func choosingTheVolume() throws {
+        guard try prerequisites() else { return }
+        let dir = try TempDir("point-volumes")
+        let fm = FileManager.default
+        let disk = dir.file("disk.img")
+        fm.createFile(atPath: disk, contents: nil)
+        try runChecked(sys("truncate"), ["-s", "40M", disk])
+        try runChecked(sys("sfdisk"), ["-q", disk], input: Data("label: dos\nstart=2048, size=30000, type=83\nstart=34816, size=30000, type=83\n".utf8))
+        for (i, name) in ["one.txt", "two.txt"].enumerated() {
+            let src = dir.file("src\(i)")
+            try fm.createDirectory(atPath: src, withIntermediateDirectories: true)
+            try Data("volume \(i + 1)\n".utf8).write(to: URL(fileURLWithPath: src + "/" + name))
+            let part = dir.file("part\(i).img")
+            fm.createFile(atPath: part, contents: nil)
+            try runChecked(sys("truncate"), ["-s", String(30000 * 512), part])
+            try runChecked(sys("mkfs.ext4"), ["-q", "-d", src, part])
+            try runChecked(sys("dd"), ["if=\(part)", "of=\(disk)", "bs=512", "seek=\([2048, 34816][i])", "conv=notrunc", "status=none"])
+        }
+        try """
+        name: volumes
+        machine: vm
+        sources:
+          - disk: \(disk)
+        consistency:
+          provider: none
+          allow-crash-consistent: true
+        target: \(dir.file("target"))
+        keep: {last: 10}
+        """.write(toFile: dir.file("policy.yaml"), atomically: true, encoding: .utf8)
+        let env = ["BULWARK_STATE_DIR": dir.file("state")]
+        let backup = try run(TestEnv.bulwark, ["backup", "start", "--policy", dir.file("policy.yaml")], environment: env)
+        #expect(backup.status == 0, "\(backup.err)")
+        let version = try fm.contentsOfDirectory(atPath: dir.file("target") + "/BulwarkBackup/vm").filter { $0.hasPrefix("20") }.sorted().last!
+        let point = ["--target", dir.file("target"), "--version", version]
+
+        let ambiguous = try run(TestEnv.bulwark, ["files", "list"] + point, environment: env)
+        #expect(ambiguous.status == 64, "\(ambiguous.err)")
+        #expect(ambiguous.err.contains("--volume") && ambiguous.err.contains("1 (14.6 MiB, ext4)") && ambiguous.err.contains("2 (14.6 MiB, ext4)"), "\(ambiguous.err)")
+        let found = try run(TestEnv.bulwark, ["restore", "files"] + point + ["--path", "/two.txt", "--to", dir.file("two")], environment: env)
+        #expect(found.status == 0, "\(found.err)")
+        #expect(fm.contents(atPath: dir.file("two/two.txt")) == Data("volume 2\n".utf8))
+        let chosen = try run(TestEnv.bulwark, ["files", "list"] + point + ["--volume", "1"], environment: env)
+        #expect(chosen.status == 0 && chosen.out.contains("/one.txt") && !chosen.out.contains("/two.txt"), "\(chosen.out)\(chosen.err)")
+        let wrong = try run(TestEnv.bulwark, ["files", "list"] + point + ["--volume", "1", "--path", "/two.txt"], environment: env)
+        #expect(wrong.status == 3 && wrong.err.contains("volume 1"), "\(wrong.err)")
+        let nowhere = try run(TestEnv.bulwark, ["files", "list"] + point + ["--path", "/three.txt"], environment: env)
+        #expect(nowhere.status == 3 && nowhere.err.contains("none of the volumes"), "\(nowhere.err)")
+        let none = try run(TestEnv.bulwark, ["files", "list"] + point + ["--volume", "5"], environment: env)
+        #expect(none.status == 3, "\(none.err)")
+        #expect(leftovers().isEmpty, "\(leftovers())")
+    }
 }
