@@ -37,8 +37,9 @@ struct PointDiskOptions: ParsableArguments {
         guard let entry = manifest.disks.first(where: { $0.index == disk }) else {
             throw TargetError.pointNotFound(target: t.location, machine: machine, version: "\(version) disk \(disk) (the point has disks \(manifest.disks.map { String($0.index) }.joined(separator: ", ")))")
         }
-        let chain = try DiskChain.open(points.imagePath(version, disk: entry), writable: false, in: t.space)
-        return ChainDisk(chain, name: "\(t.location)/\(machine)/\(version)/disk\(disk)")
+        // On a local target the levels are held against writers (a merge or retention is busy while
+        // the point is shown), as `disk mount` does.
+        return try ChainDisk(opening: points.imagePath(version, disk: entry), in: t.space)
     }
 }
 
