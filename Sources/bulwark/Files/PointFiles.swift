@@ -16,6 +16,7 @@ enum FilesError: Error, CustomStringConvertible {
     case noFilesystem
     case destinationNotEmpty(path: String)
     case tool(command: String, status: Int32, output: String)
+    case needsRoot
 
     var description: String {
         switch self {
@@ -26,6 +27,7 @@ enum FilesError: Error, CustomStringConvertible {
         case let .volumeNotFound(number, volumes): return "volume \(number): no such volume with a filesystem; the volumes: \(volumes.joined(separator: "; "))"
         case .noFilesystem: return "the disk has no volume with a filesystem Linux recognizes"
         case let .destinationNotEmpty(path): return "\(path): exists and is not an empty folder; restore into a new or empty folder"
+        case .needsRoot: return "listing or restoring files needs root (the volume is loop-mounted read-only); run it with sudo, or mount the point with `bulwark mount` and loop-mount a partition yourself"
         case let .tool(command, status, output): return "\(command) failed (status \(status)): \(output.trimmingCharacters(in: .whitespacesAndNewlines))"
         }
     }
@@ -35,7 +37,7 @@ enum FilesError: Error, CustomStringConvertible {
         case .pathMissing, .noVolumeHolds, .volumeNotFound, .noFilesystem: ExitStatus.notFound
         case .badPath, .volumeAmbiguous: ExitStatus.usage
         case .destinationNotEmpty: ExitStatus.refused
-        case .tool: ExitStatus.failed
+        case .tool, .needsRoot: ExitStatus.failed
         }
     }
 }
@@ -101,6 +103,7 @@ final class PointFilesystem: @unchecked Sendable {
     private var signals: [any DispatchSourceSignal] = []
 
     init(_ point: PointDiskOptions) throws {
+        guard geteuid() == 0 else { throw FilesError.needsRoot }
         var template = Array("/tmp/bulwark-files.XXXXXX".utf8CString)
         guard let made = mkdtemp(&template) else {
             throw StorageError.io(path: "/tmp", operation: "mkdtemp", errno: Errno(rawValue: errno))
