@@ -119,6 +119,7 @@ import TestSupport
         let afterCut = try otherPoints.listing().map(\.version)
         #expect(afterCut.count < 2, "the cut point is not published")
         #expect(partials(other).isEmpty, "\(partials(other))")
+        #expect(try otherPoints.incompleteVersions().isEmpty, "the cut point's folder is removed")
 
         // A flipped byte in the second point's image: that point is refused, never published.
         var flipped = bytes
@@ -138,6 +139,7 @@ import TestSupport
         let thirdPoints = RecoveryPoints(target: LocalDirectoryTarget(path: FilePath(third)), machine: "guest")
         #expect(try thirdPoints.listing().map(\.version) == [versions[0]], "the good parent is published, the bad point is not")
         #expect(partials(third).isEmpty)
+        #expect(try thirdPoints.incompleteVersions().isEmpty)
         // The damaged seed leaves a target with the points unchanged.
         let skipped = try bulwark(["seed", "import", bad, "--target", site, "--json"], state: bench.state)
         #expect(skipped.status == 0, "points already there are skipped unread: \(skipped.err)")

@@ -91,6 +91,7 @@ public enum SeedImportOperation {
             current = nil
         }
 
+        do {
         while let entry = try reader.next() {
             let name = entry.name
             let parts = name.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
@@ -196,6 +197,11 @@ public enum SeedImportOperation {
             result.bytesWritten += offset
         }
         try finishPoint()
+        } catch {
+            // Nothing of a point that failed stays behind (it was never listed: no manifest).
+            if let c = current, !c.skip { try? to.removeIncomplete(c.manifest.version) }
+            throw error
+        }
         guard expected.isEmpty else {
             throw refuse("the seed ends before point(s) \(expected.joined(separator: ", ")) the header lists: it is truncated")
         }

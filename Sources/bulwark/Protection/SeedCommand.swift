@@ -72,7 +72,15 @@ struct SeedImportCommand: AsyncParsableCommand {
         let quiet = printing.json
         let options = SeedImportOptions(progress: reporter, log: { line in if !quiet { bar.note("seed import: \(line)") } })
         let path = FilePath(file)
-        let result = try await BlockingPool.jobs.run { try SeedImportOperation.run(file: path, to: destination, options: options) }
+        let result: SeedImportResult
+        do {
+            result = try await BlockingPool.jobs.run { try SeedImportOperation.run(file: path, to: destination, options: options) }
+        } catch let TargetError.damaged(damagedPath, reason) where damagedPath == file {
+            bar.finish()
+            Output.note("Error: \(file): \(reason)")
+            Output.note("hint: the points before it that were published stay (they verified); write the seed again with `bulwark seed export`, or send the rest with `bulwark replicate`")
+            throw ExitCode(ExitStatus.corrupt)
+        }
         bar.finish()
         if printing.json { try Output.json(result); return }
         print("\(result.machine): \(result.imported.count) point(s) imported\(result.imported.isEmpty ? "" : " (\(result.imported.joined(separator: ", ")))"), \(result.skipped.count) already there; \(ByteCount.format(result.bytesWritten)) written")
