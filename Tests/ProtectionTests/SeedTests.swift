@@ -167,4 +167,51 @@ import TestSupport
         let r = try Self.bulwark(["seed", "import", plain, "--target", dir.file("site")], state: dir.file("state"))
         #expect(r.status == 4 && r.err.contains("not a Bulwark seed"), "\(r.err)")
     }
+
+    @Test func aSeedGoesOntoAShareAndComesBackFromIt() async throws {
+        guard try SambaServer.available() else { return }
+        let bench = try BackupBench(size: 12 << 20, seed: 93)
+        try bench.write(bench.rng.bytes(5 << 20), at: 0)
+        var versions: [String] = []
+        for day in 0..<2 {
+            try bench.scribble(writes: 2)
+            versions.append(try await bench.backup(at: .day(day)).version)
+        }
+        let chain = versions
+        try await offPool { try Self.shareBody(bench, chain) }
+    }
+
+    static func shareBody(_ bench: BackupBench, _ versions: [String]) throws {
+        let server = try SambaServer()
+        defer { server.stop() }
+        let url = server.url(path: "/seeded")
+        let seed = bench.dir.file("share.seed")
+        #expect(try bulwark(["seed", "export", "--target", bench.targetPath, "--machine", "guest", "--to", seed], state: bench.state).status == 0)
+        // A damaged seed first: nothing of the bad point on the server.
+        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: seed)))
+        bytes[bytes.count - 1024 - 4096] ^= 0x01
+        let bad = bench.dir.file("bad.seed")
+        try Data(bytes).write(to: URL(fileURLWithPath: bad))
+        let refused = try bulwark(["seed", "import", bad, "--target", url, "--credentials", server.credentialsFile], state: bench.state)
+        #expect(refused.status == 4, "\(refused.err)")
+        let files = try server.serverFiles()
+        #expect(files.allSatisfy { !$0.hasSuffix(".partial") && !$0.contains("/\(versions[1])") }, "\(files)")
+        // The good seed: the missing point is published, verified on the share.
+        let imported = try bulwark(["seed", "import", seed, "--target", url, "--credentials", server.credentialsFile, "--json"], state: bench.state)
+        #expect(imported.status == 0, "\(imported.err)")
+        #expect(try json(imported)["imported"] as? [String] == [versions[1]] && json(imported)["skipped"] as? [String] == [versions[0]])
+        let verify = try bulwark(["verify", "--target", url, "--credentials", server.credentialsFile], state: bench.state)
+        #expect(verify.status == 0, "\(verify.err)")
+        // The share as a source: its seed is the same points, byte for byte.
+        let back = bench.dir.file("back.seed")
+        let export = try bulwark(["seed", "export", "--target", url, "--credentials", server.credentialsFile, "--machine", "guest", "--to", back], state: bench.state)
+        #expect(export.status == 0, "\(export.err)")
+        let local = bench.dir.file("local-site")
+        #expect(try bulwark(["seed", "import", back, "--target", local], state: bench.state).status == 0)
+        for v in versions {
+            let a = try Data(contentsOf: URL(fileURLWithPath: bench.points.pointFolder(v).appending("disk0.vhdx").string))
+            let b = try Data(contentsOf: URL(fileURLWithPath: RecoveryPoints(target: LocalDirectoryTarget(path: FilePath(local)), machine: "guest").pointFolder(v).appending("disk0.vhdx").string))
+            #expect(a == b, "\(v) came back the same")
+        }
+    }
 }
