@@ -31,7 +31,7 @@ public struct SeedImportResult: Codable, Sendable, Equatable {
 
 /// Publishes the points of a seed on a target the way replication does: parents first, each image
 /// written as `.NAME.partial`, its size and SHA-256 checked against the seed's manifest while it is
-/// written, then renamed to its name (which must not exist); the manifest last, then a new catalog
+/// written and once more read back from the target, then renamed to its name (which must not exist); the manifest last, then a new catalog
 /// generation; under the machine's lease. Points the target has are skipped and never changed. An
 /// entry that is not the header or an expected point file (another machine or version, a path with
 /// `..`, an absolute path, a file the manifest does not name, not a regular file) is refused, and so
@@ -191,6 +191,13 @@ public enum SeedImportOperation {
             guard offset == disk.imageSize, digest == disk.imageSHA256 else {
                 try? space.remove(partial)
                 throw refuse("point \(machine)/\(version): image \(fileName) in the seed has \(offset) bytes with SHA-256 \(digest); the manifest says \(disk.imageSize) bytes, \(disk.imageSHA256); nothing of the point was published")
+            }
+            // What the target holds, read back (over SMB the only proof the server has the bytes:
+            // there is no fsync there), must be what the manifest says before the file is named.
+            let stored = try Digest.file(partial, in: space, progress: nil).sha256
+            guard stored == disk.imageSHA256 else {
+                try? space.remove(partial)
+                throw TargetError.damaged(path: partial.string, reason: "read back from \(to.target.location), image \(fileName) of point \(machine)/\(version) has SHA-256 \(stored), not the manifest's \(disk.imageSHA256): the target did not keep the bytes written; check its storage and import again")
             }
             try space.rename(partial, to: target)
             try space.syncFolder(of: target)
