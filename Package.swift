@@ -57,7 +57,7 @@ let package = Package(
         .target(name: "Protection", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", "Replication", system, yams, grdb, logging, crypto]),
         // Copying recovery points between targets: resumable, verified, throttled by a token bucket
         // whose rate follows a weekly bandwidth schedule (a decorator of any store).
-        .target(name: "Replication", dependencies: ["Storage", "Targets", system]),
+        .target(name: "Replication", dependencies: ["Storage", "Targets", "CArchive", system]),
         // Restore: disks (and, to come, files and bare metal) from a target, checked against the
         // point's manifest (the checks verify uses, from Protection).
         .target(name: "Recovery", dependencies: ["Storage", "VirtualDisk", "Targets", "Protection", system]),

@@ -15,7 +15,7 @@ struct Bulwark: AsyncParsableCommand {
         abstract: "Backup, restore and storage protection for Linux hosts and guests.",
         discussion: ExitStatus.summary,
         version: "0.1.0",
-        subcommands: [BackupCommand.self, VersionsCommand.self, RestoreCommand.self, ReplicateCommand.self, ProtectCommand.self, VerifyCommand.self, PruneCommand.self, JobsCommand.self, DaemonCommand.self, DiskCommand.self, MountCommand.self, UmountCommand.self, FilesCommand.self, SnapshotCommand.self, WritersCommand.self, StorageCommand.self, PolicyCommand.self]
+        subcommands: [BackupCommand.self, VersionsCommand.self, RestoreCommand.self, ReplicateCommand.self, SeedCommand.self, ProtectCommand.self, VerifyCommand.self, PruneCommand.self, JobsCommand.self, DaemonCommand.self, DiskCommand.self, MountCommand.self, UmountCommand.self, FilesCommand.self, SnapshotCommand.self, WritersCommand.self, StorageCommand.self, PolicyCommand.self]
     )
 
     /// swift-argument-parser's `main`, except that the test hooks are applied first and library errors
