@@ -43,8 +43,12 @@ struct FileTransfer {
     /// after the last write), and it keeps the transfer's buffers at 16 MiB.
     static let readBackPiece = 8 << 20
 
-    var partial: FilePath {
-        to.removingLastComponent().appending(".\(to.lastComponent?.string ?? "file").partial")
+    var partial: FilePath { Self.partial(of: to) }
+
+    /// The hidden name a file is written under before it is published: `.NAME.partial` beside it.
+    /// Replication, seed import and the room check all look for the same name.
+    static func partial(of path: FilePath) -> FilePath {
+        path.removingLastComponent().appending(".\(path.lastComponent?.string ?? "file").partial")
     }
 
     func run() throws -> Sent {

@@ -186,11 +186,11 @@ extension ReplicationOperation {
         let folder = to.pointFolder(version)
         var needed: UInt64 = 0
         for disk in manifest.disks {
-            let transfer = FileTransfer(source: space, from: folder, destination: space, to: folder.appending(disk.image), size: disk.imageSize,
-                                        sha256: disk.imageSHA256, pieceSize: 1, wrap: nil, progress: nil, cancel: nil)
-            if space.exists(transfer.to) { continue }
+            let image = folder.appending(disk.image)
+            let partial = FileTransfer.partial(of: image)
+            if space.exists(image) { continue }
             var held: UInt64 = 0
-            if space.exists(transfer.partial), let file = try? space.open(transfer.partial, writable: false) {
+            if space.exists(partial), let file = try? space.open(partial, writable: false) {
                 held = (try? file.size()) ?? 0
                 try? file.close()
             }

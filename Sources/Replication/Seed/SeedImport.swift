@@ -163,7 +163,7 @@ public enum SeedImportOperation {
                 done += disk.imageSize
                 continue
             }
-            let partial = to.pointFolder(version).appending(".\(fileName).partial")
+            let partial = FileTransfer.partial(of: target)
             if space.exists(partial) { try space.remove(partial) }
             let output = try space.create(partial)
             var hasher = Digest.Stream()
