@@ -89,9 +89,14 @@ public struct RunResult: Sendable {
     public var err: String { String(decoding: stderr, as: UTF8.self) }
 }
 
+/// A child that exits before reading all of `input` (a refused `disk write`, say) must cost the test
+/// an `EPIPE` on the feeding write, not the whole test process a SIGPIPE (CI lost a run to one).
+private let brokenPipesIgnored: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
+
 /// Runs `executable` with `arguments`, feeding `input`, draining stdout and stderr together.
 @discardableResult
 public func run(_ executable: String, _ arguments: [String], input: Data? = nil, environment: [String: String]? = nil) throws -> RunResult {
+    _ = brokenPipesIgnored
     let process = Process()
     process.executableURL = URL(fileURLWithPath: TestEnv.which(executable) ?? executable)
     process.arguments = arguments
