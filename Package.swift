@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "Recovery", targets: ["Recovery"]),
         .library(name: "Replication", targets: ["Replication"]),
         .library(name: "Mount", targets: ["Mount"]),
+        .library(name: "Layout", targets: ["Layout"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -48,24 +49,29 @@ let package = Package(
         .target(name: "VirtualDisk", dependencies: ["Storage", "CLinux", system]),
         // The VSS analog: writers, providers and the snapshot coordinator.
         .target(name: "ShadowCopy", dependencies: ["Storage", "VirtualDisk", "CLinux", system]),
+        // Disk layouts: partition tables (read, and fitted to a larger disk), what libblkid finds on a
+        // disk (table, partitions, filesystems, labels, UUIDs), and the host's whole disks (serial,
+        // WWN, what holds them): what bare-metal backup records and system recovery recreates.
+        .target(name: "Layout", dependencies: ["Storage", "CBlkid", system]),
         // Where backups live: the target protocol ("publish a complete file", list, read back), the
         // local directory target, the SMB share target (libsmbclient), the lease, and the on-target
         // catalog and manifests.
-        .target(name: "Targets", dependencies: ["Storage", "CSMBClient", system, crypto]),
+        .target(name: "Targets", dependencies: ["Storage", "Layout", "CSMBClient", system, crypto]),
         // Protection policies, backup jobs and recovery points, retention, verify, job history,
         // the scheduler and the daemon.
-        .target(name: "Protection", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", "Replication", system, yams, grdb, logging, crypto]),
+        .target(name: "Protection", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", "Layout", "Replication", system, yams, grdb, logging, crypto]),
         // Copying recovery points between targets: resumable, verified, throttled by a token bucket
         // whose rate follows a weekly bandwidth schedule (a decorator of any store).
         .target(name: "Replication", dependencies: ["Storage", "Targets", "CArchive", system]),
-        // Restore: disks (and, to come, files and bare metal) from a target, checked against the
-        // point's manifest (the checks verify uses, from Protection).
-        .target(name: "Recovery", dependencies: ["Storage", "VirtualDisk", "Targets", "Protection", system]),
+        // Restore: disks and whole machines (system recovery: disks matched, checked and rewritten,
+        // partition tables fitted) from a target, checked against the point's manifest (the checks
+        // verify uses, from Protection).
+        .target(name: "Recovery", dependencies: ["Storage", "VirtualDisk", "Targets", "Protection", "Layout", system]),
         // FUSE views of a virtual disk (Mount-VHD): the whole disk and each partition as read-only
         // files, served from any readable disk (a chain on a local folder or on a target's store).
-        .target(name: "Mount", dependencies: ["Storage", "VirtualDisk", "CFuse", system]),
+        .target(name: "Mount", dependencies: ["Storage", "VirtualDisk", "Layout", "CFuse", system]),
         // The command-line tool: parses and prints; behaviour lives in the libraries.
-        .executableTarget(name: "bulwark", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", "Replication", "Mount", argumentParser, system, logging]),
+        .executableTarget(name: "bulwark", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", "Replication", "Mount", "Layout", argumentParser, system, logging]),
 
         // Shared helpers for the tests: temporary folders, external oracles, the built CLI.
         .target(name: "TestSupport", dependencies: [system, "Storage", "VirtualDisk"], path: "Tests/TestSupport"),
@@ -73,8 +79,8 @@ let package = Package(
         .testTarget(name: "ShadowCopyTests", dependencies: ["Storage", "ShadowCopy", "VirtualDisk", "TestSupport"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSMBClient", "CBlkid", "CArchive", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "Storage", "VirtualDisk"]),
-        .testTarget(name: "MountTests", dependencies: ["TestSupport", "Storage", "VirtualDisk", "Mount"]),
-        .testTarget(name: "ProtectionTests", dependencies: ["TestSupport", "Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", "Replication", yams, logging]),
+        .testTarget(name: "MountTests", dependencies: ["TestSupport", "Storage", "VirtualDisk", "Mount", "Layout"]),
+        .testTarget(name: "ProtectionTests", dependencies: ["TestSupport", "Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", "Replication", "Layout", yams, logging]),
     ],
     swiftLanguageModes: [.v6]
 )

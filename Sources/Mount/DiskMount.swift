@@ -1,3 +1,4 @@
+import Layout
 import CFuse
 import Foundation
 import Storage

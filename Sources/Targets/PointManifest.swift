@@ -1,4 +1,5 @@
 import Foundation
+import Layout
 
 /// Full or incremental.
 public enum PointKind: String, Codable, Sendable {
@@ -130,10 +131,15 @@ public struct ManifestDisk: Codable, Sendable, Equatable {
     /// the identity of the frozen level this point was read from.
     public var providerLeaf: String?
     public var providerFrozenIdentity: String?
+    /// The disk's partition table, partitions and volumes, and the device's serial and WWN, as they
+    /// were when the point was taken (nil when the source's content could not be described: a VHD
+    /// or VHDX source, or a point made before layouts were recorded). System recovery recreates and
+    /// matches disks from it.
+    public var layout: DiskLayout?
 
     public init(index: Int, source: String, virtualSize: UInt64, logicalSectorSize: Int, physicalSectorSize: Int, image: String, blockSize: Int,
                 imageSize: UInt64, imageSHA256: String, parentImage: String?, chunkSize: Int, chunks: [String], changedBytes: UInt64,
-                changeDetection: String, providerLeaf: String? = nil, providerFrozenIdentity: String? = nil) {
+                changeDetection: String, providerLeaf: String? = nil, providerFrozenIdentity: String? = nil, layout: DiskLayout? = nil) {
         self.index = index
         self.source = source
         self.virtualSize = virtualSize
@@ -150,6 +156,7 @@ public struct ManifestDisk: Codable, Sendable, Equatable {
         self.changeDetection = changeDetection
         self.providerLeaf = providerLeaf
         self.providerFrozenIdentity = providerFrozenIdentity
+        self.layout = layout
     }
 
     /// The virtual byte range of chunk `i`.

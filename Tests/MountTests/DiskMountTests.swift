@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Mount
+import Layout
 import Storage
 import SystemPackage
 import Testing

@@ -83,9 +83,7 @@ public enum BackupOperation {
         let log = options.log ?? { _ in }
         let target = try policy.openTarget()
         if let problem = target.writableProblem() { throw ProtectionError.targetUnusable(target: target.location, reason: problem) }
-        let sources = policy.sources.map { source -> String in
-            switch source { case let .disk(path): return path }
-        }
+        let sources = try DiskLayouts.expand(policy.sources, target: target, policy: policy.name)
         for s in sources where !FileOps.exists(FilePath(s)) { throw ProtectionError.sourceMissing(policy: policy.name, source: s) }
         let crashOnly = policy.consistency.provider == .none || policy.consistency.writers.isEmpty
         if crashOnly && !policy.consistency.allowCrashConsistent {
@@ -146,7 +144,8 @@ public enum BackupOperation {
                                             imageSize: result.imageSize, imageSHA256: result.imageSHA256,
                                             parentImage: plan.parent.map { "../\($0.version)/\(image)" }, chunkSize: DiskCapture.chunkSize,
                                             chunks: result.chunks, changedBytes: result.changedBytes, changeDetection: detection,
-                                            providerLeaf: snapshot.newLeaves[i], providerFrozenIdentity: snapshot.newLeaves[i] == nil ? nil : chain.leaf.identityString)
+                                            providerLeaf: snapshot.newLeaves[i], providerFrozenIdentity: snapshot.newLeaves[i] == nil ? nil : chain.leaf.identityString,
+                                            layout: DiskLayouts.capture(source: source, copy: chain))
                     let summary = BackupResult.Disk(index: i, source: source, image: image, virtualSize: result.virtualSize, changedBytes: result.changedBytes,
                                                     bytesRead: result.bytesRead, bytesWritten: result.bytesWritten, imageSize: result.imageSize, changeDetection: detection)
                     return (disk, summary)

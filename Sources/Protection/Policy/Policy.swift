@@ -53,14 +53,21 @@ public struct Policy: Sendable, Equatable {
     }
 }
 
-/// One thing a policy captures. YAML: `- disk: PATH`.
+/// One thing a policy captures. YAML: `- disk: PATH` or `- machine: true`.
 public enum PolicySource: Sendable, Equatable {
-    /// A VHD, VHDX or raw image file, or a block device (`/dev/vg0/data`), by absolute path.
+    /// A VHD, VHDX or raw image file, or a block device (`/dev/vg0/data`, a whole disk `/dev/sda`),
+    /// by absolute path. Raw disks and devices get their layout recorded (bare metal).
     case disk(String)
+    /// Every whole disk of the host (`/sys/block`, less loop, RAM, optical and mapped devices and the
+    /// disk holding a local target), each captured as a disk with its layout: a bare-metal backup.
+    case machine
 
-    /// The path the source names.
+    /// What the source names, as the policy says it.
     public var path: String {
-        switch self { case let .disk(path): path }
+        switch self {
+        case let .disk(path): path
+        case .machine: "machine"
+        }
     }
 }
 

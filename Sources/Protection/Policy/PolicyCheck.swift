@@ -1,3 +1,4 @@
+import Layout
 import Foundation
 import SystemPackage
 import Targets
@@ -43,6 +44,13 @@ public enum PolicyCheck {
         // Sources.
         for (index, source) in policy.sources.enumerated() {
             let at = index < locations.sources.count ? locations.sources[index] : locations.root
+            guard case .disk = source else {
+                if HostDisks.list().isEmpty {
+                    add(at, .error, "'machine: true' finds no whole disk on this host (/sys/block lists only loop, RAM or mapped devices)",
+                        fix: "list the disks to capture with `- disk: /dev/...` or `- disk: /path/to/image`")
+                }
+                continue
+            }
             if let problem = sourceProblem(source.path) {
                 add(at, .error, "source disk '\(source.path)' \(problem.message)", fix: problem.fix)
             }

@@ -30,8 +30,31 @@ extension PolicyReader {
         var seen: [String: PolicyLocation] = [:]
         var failed = false
         for item in items {
-            guard let entries = mapping(item, "a source", allowed: ["disk"]) else { failed = true; continue }
-            guard let value = required(entries, "disk", in: item, fix: "write the source as `- disk: /path/to/disk.vhdx`"),
+            guard let entries = mapping(item, "a source", allowed: ["disk", "machine"]) else { failed = true; continue }
+            if let machine = entries["machine"]?.value {
+                guard entries["disk"] == nil else {
+                    error(item, "a source is either `disk: PATH` or `machine: true`, not both", fix: "split them into two `- ` items")
+                    failed = true
+                    continue
+                }
+                guard let all = bool(machine, "machine"), all else {
+                    if bool(machine, "machine") == false {
+                        error(machine, "'machine: false' captures nothing", fix: "remove the source, or write `machine: true` for every whole disk")
+                    }
+                    failed = true
+                    continue
+                }
+                if let first = seen["machine"] {
+                    error(item, "'machine: true' is listed twice (first at line \(first.line))", fix: "remove one of them")
+                    failed = true
+                    continue
+                }
+                seen["machine"] = Self.location(machine)
+                locations.sources.append(Self.location(machine))
+                result.append(.machine)
+                continue
+            }
+            guard let value = required(entries, "disk", in: item, fix: "write the source as `- disk: /path/to/disk.vhdx` (or `- machine: true` for every whole disk)"),
                   let path = absolutePath(value, "disk") else { failed = true; continue }
             let at = Self.location(value)
             if let first = seen[path] {

@@ -12,20 +12,40 @@ public enum ChainDigests {
         guard disk.chunks.count == expected, chain.leaf.virtualSize == disk.virtualSize else {
             throw TargetError.damaged(path: disk.image, reason: "the manifest lists \(disk.chunks.count) checksums of \(disk.chunkSize) bytes for a \(disk.virtualSize)-byte disk, and the chain reads \(chain.leaf.virtualSize) bytes")
         }
-        let assembler = ChunkAssembler(chunkSize: disk.chunkSize, virtualSize: disk.virtualSize)
-        var bad: (Int, String)? = nil
-        func check(_ chunk: ChunkAssembler.Complete) throws {
-            guard bad == nil else { return }
-            let digest = chunk.isAllZero ? Digest.zeros(chunk.length) : chunk.withBytes { Digest.sha256($0) }
-            if digest != disk.chunks[chunk.index] { bad = (chunk.index, digest) }
+        let checker = Checker(disk: disk)
+        try ChainReader(chain, chunkSize: disk.chunkSize).forEach(progress: progress) { try checker.add($0) }
+        return try checker.finish()
+    }
+
+    /// Checks a stream of pieces (a `ChainReader`'s, in order) against the manifest's checksums as
+    /// it goes, so a restore verifies what it writes without reading it twice.
+    public final class Checker {
+        let disk: ManifestDisk
+        let assembler: ChunkAssembler
+        public private(set) var mismatch: (index: Int, digest: String)? = nil
+
+        public init(disk: ManifestDisk) {
+            self.disk = disk
+            assembler = ChunkAssembler(chunkSize: disk.chunkSize, virtualSize: disk.virtualSize)
         }
-        try ChainReader(chain, chunkSize: disk.chunkSize).forEach(progress: progress) { piece in
+
+        public func add(_ piece: ChainReader.Chunk) throws {
             switch piece {
             case let .data(offset, bytes): try assembler.add(data: bytes, at: offset, check)
             case let .hole(range): try assembler.add(hole: range, check)
             }
         }
-        try assembler.flush(check)
-        return bad
+
+        /// The first mismatching chunk once every piece was added (the last chunk is checked here).
+        public func finish() throws -> (index: Int, digest: String)? {
+            try assembler.flush(check)
+            return mismatch
+        }
+
+        private func check(_ chunk: ChunkAssembler.Complete) throws {
+            guard mismatch == nil else { return }
+            let digest = chunk.isAllZero ? Digest.zeros(chunk.length) : chunk.withBytes { Digest.sha256($0) }
+            if digest != disk.chunks[chunk.index] { mismatch = (chunk.index, digest) }
+        }
     }
 }

@@ -22,9 +22,28 @@ enum DeviceWrite {
         guard capacity >= leaf.virtualSize else {
             throw DiskError.invalidArgument("\(device.string): the device holds \(ByteCount.format(capacity)) (\(capacity) bytes) but the disk is \(ByteCount.format(leaf.virtualSize)) (\(leaf.virtualSize) bytes); use a device at least as large")
         }
+        let written = try ChainWrite.onto(store, from: chain, progress: progress)
+        return ConvertResult(source: options.sourceSpace.absolute(source).string, destination: device.string, format: .raw, type: .fixed,
+                             virtualSize: leaf.virtualSize, bytesWritten: written, bytesCloned: 0,
+                             fileSize: capacity, allocatedBytes: capacity)
+    }
+}
+
+/// Writing a chain's virtual disk over an existing store from offset 0: a block device, or a disk
+/// image file that already exists (a restore onto a machine's disks). The store still holds
+/// whatever it held before, so holes are zeroed too: punched where the store can (a file's extents
+/// freed, a device's write-zeroes), written as zeros where it cannot. Written data is pushed to the
+/// device as it goes and flushed at the end.
+public enum ChainWrite {
+    /// Writes the whole virtual disk; `observe` sees every piece first (a checksum, say: it may throw
+    /// to stop before the piece is written). Returns the data bytes written (holes excluded).
+    @discardableResult
+    public static func onto(_ store: BlockFile, from chain: DiskChain, progress: ProgressReporter? = nil,
+                            observe: ((ChainReader.Chunk) throws -> Void)? = nil) throws -> UInt64 {
         var written: UInt64 = 0
         var unsynced: UInt64 = 0
         try ChainReader(chain).forEach(progress: progress) { chunk in
+            try observe?(chunk)
             switch chunk {
             case let .data(offset, bytes):
                 try store.write(bytes, at: offset)
@@ -39,8 +58,6 @@ enum DeviceWrite {
             OperationIO.startWriteback(store, written: &unsynced)
         }
         try store.flush()
-        return ConvertResult(source: options.sourceSpace.absolute(source).string, destination: device.string, format: .raw, type: .fixed,
-                             virtualSize: leaf.virtualSize, bytesWritten: written, bytesCloned: 0,
-                             fileSize: capacity, allocatedBytes: capacity)
+        return written
     }
 }

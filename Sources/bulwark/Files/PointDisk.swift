@@ -28,10 +28,7 @@ struct PointDiskOptions: ParsableArguments {
     /// point whose data an interrupted prune moved is read where the fold journal says).
     func openDisk() throws -> ChainDisk {
         let t = try access.open(target)
-        let machines = try RecoveryPoints.machines(on: t)
-        guard let machine = machine ?? (machines.count == 1 ? machines[0] : nil) else {
-            throw TargetError.machineNotFound(target: t.location, machine: "(give --machine)", known: machines)
-        }
+        let machine = try access.machine(machine, on: t)
         let points = RecoveryPoints(target: t, machine: machine)
         let manifest = try points.manifest(version)
         guard let entry = manifest.disks.first(where: { $0.index == disk }) else {

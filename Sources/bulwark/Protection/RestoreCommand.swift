@@ -11,7 +11,7 @@ struct RestoreCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "restore",
         abstract: "Restore from a recovery point.",
-        subcommands: [RestoreDisk.self, RestoreFiles.self]
+        subcommands: [RestoreDisk.self, RestoreFiles.self, RestoreSystem.self]
     )
 }
 
@@ -33,10 +33,7 @@ struct RestoreDisk: AsyncParsableCommand {
 
     func run() async throws {
         let t = try access.open(target)
-        let machines = try RecoveryPoints.machines(on: t)
-        guard let machine = machine ?? (machines.count == 1 ? machines[0] : nil) else {
-            throw TargetError.machineNotFound(target: t.location, machine: "(give --machine)", known: machines)
-        }
+        let machine = try access.machine(machine, on: t)
         let bar = ProgressBar("restore")
         let reporter = bar.handler
         let interruption = Interruption(cancelling: reporter)

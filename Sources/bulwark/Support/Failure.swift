@@ -6,6 +6,7 @@ import VirtualDisk
 import Protection
 import Targets
 import Mount
+import Recovery
 
 /// The exit status of every command, in one place (README "Exit codes" lists them). Scripts can tell
 /// a missing file from a damaged one from a busy one without parsing messages.
@@ -43,6 +44,14 @@ enum ExitStatus {
         case .mergePending: busy
         case .invalidArgument, .outOfRange: usage
         case .unsupported: failed
+        }
+    }
+
+    static func of(_ error: RecoveryError) -> Int32 {
+        switch error {
+        case .badMap: usage
+        case .unmatched, .tooSmall, .inUse: refused
+        case .mismatch: corrupt
         }
     }
 
@@ -142,6 +151,7 @@ extension Failure {
         case let e as SMBError: say(e); return ExitCode(ExitStatus.of(e))
         case let e as MountError: say(e, hints(for: e)); return ExitCode(ExitStatus.of(e))
         case let e as FilesError: say(e); return ExitCode(e.status)
+        case let e as RecoveryError: say(e); return ExitCode(ExitStatus.of(e))
         case is OperationCancelled: say(error); return ExitCode(ExitStatus.failed)
         default: return error
         }

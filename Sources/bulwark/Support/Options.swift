@@ -45,6 +45,22 @@ struct CredentialOptions: ParsableArguments {
             let parsed = try SMBLocation(parsing: location)
             return try Targets.open(location, credentials: SMBCredentials(username: parsed.user, password: password, domain: parsed.domain))
         }
+        if isatty(0) == 1, let parsed = try? SMBLocation(parsing: location), let user = parsed.user {
+            // A rescue system carries no password: it is typed, never stored.
+            if let typed = getpass("Password for \(user)@\(parsed.host): "), typed.pointee != 0 {
+                return try Targets.open(location, credentials: SMBCredentials(username: user, password: String(cString: typed), domain: parsed.domain))
+            }
+        }
         return try Targets.open(location, credentials: nil)
+    }
+
+    /// The machine of a point on `target`: the one given, or the only one the target holds.
+    func machine(_ given: String?, on target: any BackupTarget) throws -> String {
+        if let given { return given }
+        let machines = try RecoveryPoints.machines(on: target)
+        guard machines.count == 1 else {
+            throw TargetError.machineNotFound(target: target.location, machine: "(give --machine)", known: machines)
+        }
+        return machines[0]
     }
 }

@@ -1,0 +1,103 @@
+import Foundation
+import Layout
+import Protection
+import Storage
+import SystemPackage
+import Targets
+import VirtualDisk
+
+/// What a system recovery did, disk by disk.
+public struct SystemRecoveryResult: Codable, Sendable, Equatable {
+    public var machine: String
+    public var version: String
+    public var disks: [Disk]
+    public var seconds: Double
+
+    public struct Disk: Codable, Sendable, Equatable {
+        public var index: Int
+        public var destination: String
+        public var virtualSize: UInt64
+        /// Data bytes read from the target and written (the rest of the disk was unallocated in the
+        /// image and is zeroed without writing where the destination can: holes, write-zeroes).
+        public var bytesWritten: UInt64
+        /// The partition table was fitted to a larger destination (GPT backup header moved to its end).
+        public var tableFitted: Bool
+        public var seconds: Double
+        /// Every chunk matched the manifest's checksum as it was written.
+        public var verified: Bool
+    }
+}
+
+extension SystemRecovery {
+    /// Writes every disk the plan restores, in order. Each destination is checked again first (the
+    /// plan may have waited for a confirmation); each disk's chunks are checked against the manifest
+    /// as they stream from the target, and a mismatch stops at once. A GPT disk written onto a larger
+    /// destination gets its table fitted to the new size; a block device's partitions are re-read
+    /// by the kernel.
+    public static func run(target: any BackupTarget, plan: SystemRecoveryPlan, progress: ProgressReporter? = nil) throws -> SystemRecoveryResult {
+        let started = Date()
+        let points = RecoveryPoints(target: target, machine: plan.machine)
+        let manifest = try points.manifest(plan.version)
+        let holding = (target as? LocalDirectoryTarget).map { FileOps.canonical($0.root) }
+        let total = plan.restored.reduce(UInt64(0)) { $0 + $1.size }
+        var done: UInt64 = 0
+        var results: [SystemRecoveryResult.Disk] = []
+        for entry in plan.restored {
+            guard let disk = manifest.disks.first(where: { $0.index == entry.index }), let destination = entry.destination else { continue }
+            let path = FilePath(destination)
+            let diskStarted = Date()
+            let checked = try check(path, for: disk, holding: holding)
+            let chain = try DiskChain.open(points.imagePath(plan.version, disk: disk), in: target.space)
+            defer { try? chain.close() }
+            let store = try BlockFile.open(path, writable: true)
+            defer { try? store.close() }
+            let base = done
+            let inner = progress.map { outer in ProgressReporter { completed, _ in outer.report(base + completed, of: total) } }
+            let checker = ChainDigests.Checker(disk: disk)
+            func failure(_ mismatch: (index: Int, digest: String)) -> RecoveryError {
+                let r = disk.chunkRange(mismatch.index)
+                return .mismatch(disk: disk.index, destination: path.string,
+                                 reason: "bytes \(r.lowerBound)..<\(r.upperBound) read from the target have SHA-256 \(mismatch.digest), the manifest says \(disk.chunks[mismatch.index])")
+            }
+            let written = try ChainWrite.onto(store, from: chain, progress: inner) { piece in
+                try progress?.checkCancelled()
+                try checker.add(piece)
+                if let bad = checker.mismatch { throw failure(bad) }
+            }
+            if let bad = try checker.finish() { throw failure(bad) }
+            let fitted = try fitTable(store, disk: disk, size: checked.size)
+            if store.isBlockDevice { rereadPartitions(store) }
+            done += disk.virtualSize
+            results.append(SystemRecoveryResult.Disk(index: disk.index, destination: path.string, virtualSize: disk.virtualSize, bytesWritten: written,
+                                                     tableFitted: fitted, seconds: Date().timeIntervalSince(diskStarted), verified: true))
+        }
+        return SystemRecoveryResult(machine: plan.machine, version: plan.version, disks: results, seconds: Date().timeIntervalSince(started))
+    }
+
+    /// Fits a GPT to a destination larger than the backed-up disk; an MBR or a same-size disk needs
+    /// nothing. Returns whether anything was written.
+    static func fitTable(_ store: BlockFile, disk: ManifestDisk, size: UInt64) throws -> Bool {
+        guard size > disk.virtualSize else { return false }
+        let sector = disk.layout?.logicalSectorSize ?? disk.logicalSectorSize
+        func read(_ offset: UInt64, _ count: Int) throws -> [UInt8] { try store.read(count: count, at: offset) }
+        let table = try PartitionTable.read(size: disk.virtualSize, sectorSize: sector, read)
+        guard table.scheme == .gpt else { return false }
+        let writes: [GPTFit.Write]
+        do {
+            writes = try GPTFit.writes(oldSize: disk.virtualSize, newSize: size, sectorSize: sector, read)
+        } catch let problem as GPTFit.Problem {
+            throw RecoveryError.mismatch(disk: disk.index, destination: store.path.string, reason: "the restored GPT cannot be fitted to the larger disk: \(problem.text)")
+        }
+        for write in writes {
+            try write.bytes.withUnsafeBytes { try store.write($0, at: write.offset) }
+        }
+        try store.flush()
+        return !writes.isEmpty
+    }
+
+    /// Asks the kernel to read the new partition table (BLKRRPART), so /dev/sdX1... appear. Best
+    /// effort: a disk still in use keeps its old view until the next boot, which is when it matters.
+    static func rereadPartitions(_ store: BlockFile) {
+        _ = ioctl(store.descriptor.rawValue, UInt(0x125F))
+    }
+}
