@@ -15,6 +15,19 @@ public struct HostDisk: Codable, Sendable, Equatable {
     public var serial: String?
     public var wwn: String?
     public var model: String?
+
+    public init(path: String, major: UInt32 = 0, minor: UInt32 = 0, size: UInt64, logicalSectorSize: Int = 512, physicalSectorSize: Int = 512,
+                serial: String? = nil, wwn: String? = nil, model: String? = nil) {
+        self.path = path
+        self.major = major
+        self.minor = minor
+        self.size = size
+        self.logicalSectorSize = logicalSectorSize
+        self.physicalSectorSize = physicalSectorSize
+        self.serial = serial
+        self.wwn = wwn
+        self.model = model
+    }
 }
 
 /// The host's whole disks (`/sys/block`), what identifies them (udev's `ID_SERIAL_SHORT`, `ID_WWN`,

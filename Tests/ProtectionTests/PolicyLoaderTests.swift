@@ -79,6 +79,34 @@ target: /var/backups/bulwark
         #expect(policy.verify == nil && policy.full == nil && policy.schedule?.text == "daily")
     }
 
+    @Test func machineSourcesForBareMetal() throws {
+        let policy = try PolicyLoader.parse("""
+            name: n
+            machine: m
+            sources:
+              - machine: true
+              - disk: /srv/extra.img
+            target: /var/backups/bulwark
+            """, file: "test.yaml")
+        #expect(policy.sources == [.machine, .disk("/srv/extra.img")])
+        let found = diagnostics("""
+            name: n
+            machine: m
+            sources:
+              - machine: false
+              - {machine: true, disk: /dev/sda}
+              - machine: yes please
+              - machine: true
+              - machine: true
+            target: /var/backups/bulwark
+            """)
+        #expect(found.map(\.line) == [4, 5, 6, 8], "\(found)")
+        #expect(found.first?.message == "'machine: false' captures nothing")
+        #expect(found[1].message.contains("either `disk: PATH` or `machine: true`"))
+        #expect(found[2].message.contains("must be true or false"))
+        #expect(found.last?.message == "'machine: true' is listed twice (first at line 7)")
+    }
+
     @Test func typoGetsSuggestionAtItsLineAndColumn() {
         let found = diagnostics(minimal + """
             shedule: daily

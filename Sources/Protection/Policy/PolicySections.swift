@@ -37,8 +37,9 @@ extension PolicyReader {
                     failed = true
                     continue
                 }
-                guard let all = bool(machine, "machine"), all else {
-                    if bool(machine, "machine") == false {
+                let all = bool(machine, "machine")
+                guard all == true else {
+                    if all == false {
                         error(machine, "'machine: false' captures nothing", fix: "remove the source, or write `machine: true` for every whole disk")
                     }
                     failed = true
