@@ -22,6 +22,7 @@ let package = Package(
         .library(name: "Replication", targets: ["Replication"]),
         .library(name: "Mount", targets: ["Mount"]),
         .library(name: "Layout", targets: ["Layout"]),
+        .library(name: "FileSets", targets: ["FileSets"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -57,9 +58,13 @@ let package = Package(
         // local directory target, the SMB share target (libsmbclient), the lease, and the on-target
         // catalog and manifests.
         .target(name: "Targets", dependencies: ["Storage", "Layout", "CSMBClient", system, crypto]),
+        // File sets: folders and files archived with libarchive (pax, zstd, owners, modes, times,
+        // xattrs, ACLs) into a target, incremental against the previous set's index, and restored
+        // from it with every path checked.
+        .target(name: "FileSets", dependencies: ["Storage", "Targets", "CArchive", system]),
         // Protection policies, backup jobs and recovery points, retention, verify, job history,
         // the scheduler and the daemon.
-        .target(name: "Protection", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", "Layout", "Replication", system, yams, grdb, logging, crypto]),
+        .target(name: "Protection", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", "Layout", "FileSets", "Replication", system, yams, grdb, logging, crypto]),
         // Copying recovery points between targets: resumable, verified, throttled by a token bucket
         // whose rate follows a weekly bandwidth schedule (a decorator of any store).
         .target(name: "Replication", dependencies: ["Storage", "Targets", "CArchive", system]),
@@ -71,7 +76,7 @@ let package = Package(
         // files, served from any readable disk (a chain on a local folder or on a target's store).
         .target(name: "Mount", dependencies: ["Storage", "VirtualDisk", "Layout", "CFuse", system]),
         // The command-line tool: parses and prints; behaviour lives in the libraries.
-        .executableTarget(name: "bulwark", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", "Replication", "Mount", "Layout", argumentParser, system, logging]),
+        .executableTarget(name: "bulwark", dependencies: ["Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", "Replication", "Mount", "Layout", "FileSets", argumentParser, system, logging]),
 
         // Shared helpers for the tests: temporary folders, external oracles, the built CLI.
         .target(name: "TestSupport", dependencies: [system, "Storage", "VirtualDisk"], path: "Tests/TestSupport"),
@@ -80,7 +85,7 @@ let package = Package(
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSMBClient", "CBlkid", "CArchive", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "Storage", "VirtualDisk"]),
         .testTarget(name: "MountTests", dependencies: ["TestSupport", "Storage", "VirtualDisk", "Mount", "Layout"]),
-        .testTarget(name: "ProtectionTests", dependencies: ["TestSupport", "Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", "Replication", "Layout", yams, logging]),
+        .testTarget(name: "ProtectionTests", dependencies: ["TestSupport", "Storage", "VirtualDisk", "ShadowCopy", "Targets", "Protection", "Recovery", "Replication", "Layout", "FileSets", "CArchive", yams, logging]),
     ],
     swiftLanguageModes: [.v6]
 )

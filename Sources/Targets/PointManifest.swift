@@ -29,6 +29,8 @@ public struct PointManifest: Codable, Sendable, Equatable {
     public var consistency: ManifestConsistency
     public var policy: ManifestPolicy
     public var disks: [ManifestDisk]
+    /// The file sets of the point (`files:` sources), absent in points of disks only.
+    public var fileSets: [ManifestFileSet]?
     /// Host that made the point, and the Bulwark version.
     public var host: String
     public var creator: String
@@ -37,7 +39,7 @@ public struct PointManifest: Codable, Sendable, Equatable {
     public var notes: [String]
 
     public init(machine: String, version: String, time: String, kind: PointKind, parent: String?, consistency: ManifestConsistency,
-                policy: ManifestPolicy, disks: [ManifestDisk], host: String, creator: String, notes: [String]) {
+                policy: ManifestPolicy, disks: [ManifestDisk], fileSets: [ManifestFileSet]? = nil, host: String, creator: String, notes: [String]) {
         self.machine = machine
         self.version = version
         self.time = time
@@ -46,13 +48,81 @@ public struct PointManifest: Codable, Sendable, Equatable {
         self.consistency = consistency
         self.policy = policy
         self.disks = disks
+        self.fileSets = fileSets
         self.host = host
         self.creator = creator
         self.notes = notes
     }
 
-    /// Bytes of all image files of the point.
-    public var storedBytes: UInt64 { disks.reduce(0) { $0 + $1.imageSize } }
+    /// Bytes of all data files of the point.
+    public var storedBytes: UInt64 { files.reduce(0) { $0 + $1.size } }
+
+    /// Every data file of the point (disk images, file-set archives and indexes), with the size and
+    /// SHA-256 the manifest promises: what replication copies, seeds carry and verify checks.
+    public var files: [PointFile] {
+        disks.map { PointFile(name: $0.image, size: $0.imageSize, sha256: $0.imageSHA256) }
+            + (fileSets ?? []).flatMap { [PointFile(name: $0.archive, size: $0.archiveSize, sha256: $0.archiveSHA256),
+                                          PointFile(name: $0.indexFile, size: $0.indexSize, sha256: $0.indexSHA256)] }
+    }
+
+    /// The versions whose files this point needs besides its own: for disks, the parent chain (by
+    /// `parent`); for file sets, every point whose archive holds a file this point lists.
+    public var fileSetReferences: Set<String> { Set((fileSets ?? []).flatMap(\.references)).subtracting([version]) }
+}
+
+/// One data file of a point.
+public struct PointFile: Sendable, Equatable {
+    public var name: String
+    public var size: UInt64
+    public var sha256: String
+    public init(name: String, size: UInt64, sha256: String) {
+        self.name = name
+        self.size = size
+        self.sha256 = sha256
+    }
+}
+
+/// One file set of a point (a policy's `files:` source): a pax archive (zstd) of what changed since
+/// the previous set, and an index of the whole set that says, for every file, which point's archive
+/// holds its content. A full's archive holds everything; an incremental's holds the files whose
+/// size, mtime, inode-change time or inode differ from the previous set, and every folder and link.
+public struct ManifestFileSet: Codable, Sendable, Equatable {
+    /// 0, 1, ... in the policy's order; the files are `fileset<index>.tar.zst` and
+    /// `fileset<index>.index.json`.
+    public var index: Int
+    /// The paths the policy names, as written (absolute).
+    public var paths: [String]
+    public var archive: String
+    public var archiveSize: UInt64
+    public var archiveSHA256: String
+    public var indexFile: String
+    public var indexSize: UInt64
+    public var indexSHA256: String
+    /// Entries (files, folders, links) in the set, and the bytes of its regular files.
+    public var entries: Int
+    public var bytes: UInt64
+    /// Entries and bytes stored in this point's archive.
+    public var storedEntries: Int
+    public var storedBytes: UInt64
+    /// The points whose archives hold content this set lists (this point included when it stores any).
+    public var references: [String]
+
+    public init(index: Int, paths: [String], archive: String, archiveSize: UInt64, archiveSHA256: String, indexFile: String, indexSize: UInt64,
+                indexSHA256: String, entries: Int, bytes: UInt64, storedEntries: Int, storedBytes: UInt64, references: [String]) {
+        self.index = index
+        self.paths = paths
+        self.archive = archive
+        self.archiveSize = archiveSize
+        self.archiveSHA256 = archiveSHA256
+        self.indexFile = indexFile
+        self.indexSize = indexSize
+        self.indexSHA256 = indexSHA256
+        self.entries = entries
+        self.bytes = bytes
+        self.storedEntries = storedEntries
+        self.storedBytes = storedBytes
+        self.references = references
+    }
 }
 
 /// How consistent the point is, and what each writer did.

@@ -107,6 +107,37 @@ target: /var/backups/bulwark
         #expect(found.last?.message == "'machine: true' is listed twice (first at line 7)")
     }
 
+    @Test func fileSetSources() throws {
+        let policy = try PolicyLoader.parse("""
+            name: n
+            machine: m
+            sources:
+              - files: [/etc, /srv/www]
+              - files: [/home]
+            target: /var/backups/bulwark
+            """, file: "test.yaml")
+        #expect(policy.sources == [.files(["/etc", "/srv/www"]), .files(["/home"])])
+        let mixed = diagnostics("""
+            name: n
+            machine: m
+            sources:
+              - files: [/etc]
+              - disk: /dev/sda
+            target: /var/backups/bulwark
+            """)
+        #expect(mixed.count == 1 && mixed[0].line == 4 && mixed[0].message.contains("disks or file sets, not both"), "\(mixed)")
+        let bad = diagnostics("""
+            name: n
+            machine: m
+            sources:
+              - files: []
+              - files: [etc]
+              - {files: [/a], disk: /b}
+            target: /var/backups/bulwark
+            """)
+        #expect(bad.map(\.line) == [4, 5, 6], "\(bad)")
+    }
+
     @Test func typoGetsSuggestionAtItsLineAndColumn() {
         let found = diagnostics(minimal + """
             shedule: daily

@@ -61,6 +61,8 @@ public struct BackupResult: Codable, Sendable, Equatable {
     public var consistency: String
     public var provider: String
     public var disks: [Disk]
+    /// The file sets captured (`files:` sources), empty for a policy of disks.
+    public var fileSets: [ManifestFileSet] = []
     public var bytesRead: UInt64
     public var bytesWritten: UInt64
     public var bytesChanged: UInt64
@@ -114,6 +116,8 @@ public enum BackupOperation {
         let folder = points.pointFolder(version)
         var disks: [ManifestDisk] = []
         var summaries: [BackupResult.Disk] = []
+        var fileSets: [ManifestFileSet] = []
+        var jobWarnings = snapshot.jobWarnings
         let progress = options.progress
         do {
             try target.space.makeFolder(folder)
@@ -154,12 +158,18 @@ public enum BackupOperation {
                 summaries.append(captured.1)
                 log("disk \(i) (\(source)): \(ByteCount.format(captured.1.changedBytes)) changed, \(ByteCount.format(captured.1.imageSize)) stored (\(captured.1.changeDetection))")
             }
+            let sets = try await BlockingPool.jobs.run {
+                try FileSetBackup.capture(policy: policy, target: target, points: points, version: version, parent: plan.parent,
+                                          progress: progress, log: log)
+            }
+            fileSets = sets.sets
+            jobWarnings += sets.warnings
             try lease.check()
             let manifest = PointManifest(machine: policy.machine, version: version, time: Timestamp.iso8601(now), kind: plan.kind,
                                          parent: plan.parent?.version, consistency: snapshot.consistency,
                                          policy: ManifestPolicy(name: policy.name, file: policy.file, text: policy.file.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) }),
-                                         disks: disks, host: ProcessState.hostName, creator: "bulwark \(BulwarkVersion.current)",
-                                         notes: plan.notes + snapshot.consistency.warnings)
+                                         disks: disks, fileSets: fileSets.isEmpty ? nil : fileSets, host: ProcessState.hostName, creator: "bulwark \(BulwarkVersion.current)",
+                                         notes: plan.notes + snapshot.consistency.warnings + jobWarnings.filter { !snapshot.jobWarnings.contains($0) })
             try await BlockingPool.disk.run {
                 try points.publish(manifest)
                 try points.rebuildCatalog(now: now)
@@ -169,11 +179,16 @@ public enum BackupOperation {
             try? await BlockingPool.disk.run { try points.removeIncomplete(version) }
             throw error
         }
-        return BackupResult(policy: policy.name, machine: policy.machine, target: target.location, version: version, kind: plan.kind,
-                            parent: plan.parent?.version, fullReason: plan.fullReason, consistency: snapshot.consistency.level,
-                            provider: snapshot.provider, disks: summaries,
-                            bytesRead: summaries.reduce(0) { $0 + $1.bytesRead }, bytesWritten: summaries.reduce(0) { $0 + $1.imageSize },
-                            bytesChanged: summaries.reduce(0) { $0 + $1.changedBytes }, seconds: Date().timeIntervalSince(started), warnings: snapshot.jobWarnings)
+        var result = BackupResult(policy: policy.name, machine: policy.machine, target: target.location, version: version, kind: plan.kind,
+                                  parent: plan.parent?.version, fullReason: plan.fullReason, consistency: snapshot.consistency.level,
+                                  provider: snapshot.provider, disks: summaries,
+                                  bytesRead: summaries.reduce(0) { $0 + $1.bytesRead }, bytesWritten: summaries.reduce(0) { $0 + $1.imageSize },
+                                  bytesChanged: summaries.reduce(0) { $0 + $1.changedBytes }, seconds: Date().timeIntervalSince(started), warnings: jobWarnings)
+        result.fileSets = fileSets
+        result.bytesRead += fileSets.reduce(0) { $0 + $1.storedBytes }
+        result.bytesWritten += fileSets.reduce(0) { $0 + $1.archiveSize + $1.indexSize }
+        result.bytesChanged += fileSets.reduce(0) { $0 + $1.storedBytes }
+        return result
     }
 }
 
@@ -213,6 +228,10 @@ struct BackupPlan: Sendable {
             return full("the full schedule (\(event.text)) fired at \(Timestamp.iso8601(fired)) since the newest point")
         }
         let parent = try points.manifest(newest.version)
+        let sets = policy.sources.compactMap { source -> [String]? in if case let .files(paths) = source { paths } else { nil } }
+        guard (parent.fileSets ?? []).map(\.paths) == sets else {
+            return full("the policy's file sets changed since \(newest.version)")
+        }
         guard parent.disks.map(\.source) == sources else {
             return full("the policy's sources changed since \(newest.version) (\(parent.disks.map(\.source).joined(separator: ", ")) then)")
         }

@@ -7,7 +7,7 @@ import VirtualDisk
 /// The bare-metal side of a backup: the disks a `machine: true` source stands for, and the layout
 /// recorded with each disk so system recovery can recreate and match it.
 enum DiskLayouts {
-    /// The policy's sources as paths: `disk:` as written, `machine: true` as every whole disk of the
+    /// The policy's disk sources as paths: `disk:` as written, `machine: true` as every whole disk of the
     /// host (`HostDisks.list()`) except the one holding a local target (a backup of the backup's own
     /// disk grows forever and cannot be restored onto itself).
     static func expand(_ sources: [PolicySource], target: any BackupTarget, policy: String) throws -> [String] {
@@ -23,6 +23,8 @@ enum DiskLayouts {
                     throw ProtectionError.sourceMissing(policy: policy, source: "machine: true (no whole disk found in /sys/block other than the one holding the target; list the disks with `- disk: /dev/...` instead)")
                 }
                 out += disks.map(\.path).filter { !out.contains($0) }
+            case .files:
+                continue  // file sets are captured by `FileSetBackup`
             }
         }
         return out

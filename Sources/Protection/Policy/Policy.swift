@@ -53,7 +53,7 @@ public struct Policy: Sendable, Equatable {
     }
 }
 
-/// One thing a policy captures. YAML: `- disk: PATH` or `- machine: true`.
+/// One thing a policy captures. YAML: `- disk: PATH`, `- machine: true` or `- files: [PATH, ...]`.
 public enum PolicySource: Sendable, Equatable {
     /// A VHD, VHDX or raw image file, or a block device (`/dev/vg0/data`, a whole disk `/dev/sda`),
     /// by absolute path. Raw disks and devices get their layout recorded (bare metal).
@@ -61,12 +61,16 @@ public enum PolicySource: Sendable, Equatable {
     /// Every whole disk of the host (`/sys/block`, less loop, RAM, optical and mapped devices and the
     /// disk holding a local target), each captured as a disk with its layout: a bare-metal backup.
     case machine
+    /// Folders and files (absolute paths) archived as a file set: pax with zstd, owners, modes,
+    /// times, xattrs and ACLs; incrementals store what changed. A policy of file sets has no disks.
+    case files([String])
 
     /// What the source names, as the policy says it.
     public var path: String {
         switch self {
         case let .disk(path): path
         case .machine: "machine"
+        case let .files(paths): paths.joined(separator: ", ")
         }
     }
 }

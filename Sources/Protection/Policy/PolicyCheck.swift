@@ -44,6 +44,12 @@ public enum PolicyCheck {
         // Sources.
         for (index, source) in policy.sources.enumerated() {
             let at = index < locations.sources.count ? locations.sources[index] : locations.root
+            if case let .files(paths) = source {
+                for path in paths where !FileManager.default.fileExists(atPath: path) {
+                    add(at, .error, "file-set path '\(path)' does not exist", fix: "fix the path, or remove it from `files:`")
+                }
+                continue
+            }
             guard case .disk = source else {
                 if HostDisks.list().isEmpty {
                     add(at, .error, "'machine: true' finds no whole disk on this host (/sys/block lists only loop, RAM or mapped devices)",

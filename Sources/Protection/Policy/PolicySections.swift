@@ -30,7 +30,27 @@ extension PolicyReader {
         var seen: [String: PolicyLocation] = [:]
         var failed = false
         for item in items {
-            guard let entries = mapping(item, "a source", allowed: ["disk", "machine"]) else { failed = true; continue }
+            guard let entries = mapping(item, "a source", allowed: ["disk", "machine", "files"]) else { failed = true; continue }
+            if let files = entries["files"]?.value {
+                guard entries.count == 1 else {
+                    error(item, "a source is one of `disk: PATH`, `machine: true` or `files: [PATH, ...]`", fix: "split them into separate `- ` items")
+                    failed = true
+                    continue
+                }
+                guard let list = sequence(files, "'files'", example: "files: [/etc, /srv/www]"), !list.isEmpty else {
+                    if case .sequence = files { error(files, "'files' is empty", fix: "list the folders and files to archive, e.g. `files: [/etc, /srv/www]`") }
+                    failed = true
+                    continue
+                }
+                var paths: [String] = []
+                for node in list {
+                    guard let path = absolutePath(node, "a file-set path") else { failed = true; continue }
+                    paths.append(path)
+                }
+                locations.sources.append(Self.location(files))
+                result.append(.files(paths))
+                continue
+            }
             if let machine = entries["machine"]?.value {
                 guard entries["disk"] == nil else {
                     error(item, "a source is either `disk: PATH` or `machine: true`, not both", fix: "split them into two `- ` items")
@@ -66,6 +86,12 @@ extension PolicyReader {
             seen[path] = at
             locations.sources.append(at)
             result.append(.disk(path))
+        }
+        if !failed, result.contains(where: { if case .files = $0 { true } else { false } }),
+           result.contains(where: { if case .files = $0 { false } else { true } }) {
+            error(node, "a policy backs up disks or file sets, not both (retention folds disk points, and file sets are kept differently)",
+                  fix: "move the `files:` sources into a policy of their own")
+            return nil
         }
         return failed ? nil : result
     }

@@ -113,7 +113,7 @@ public enum PruneOperation {
         let verdicts = Dictionary(keep.evaluate(candidates, in: timeZone).map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         let childOf = Dictionary(mine.compactMap { e in e.parent.map { ($0, e.version) } }, uniquingKeysWith: { a, _ in a })
         let protected = Set(mine.filter(\.protected).map(\.version))
-        return mine.reversed().map { entry in
+        let decisions = mine.reversed().map { entry in
             let verdict = verdicts[entry.version]
             let child = childOf[entry.version]
             // Folding changes the child's files: a protected child is never changed, so the point it
@@ -126,5 +126,35 @@ public enum PruneOperation {
             return PruneDecision(version: entry.version, time: entry.time, kind: entry.kind, keep: keep,
                                  rule: verdict?.rule ?? "not evaluated", foldedInto: keep ? nil : child)
         }
+        return try keepingFileSetReferences(decisions, points: points)
+    }
+
+    /// File-set points are never folded (their archives are not merged): a point whose archive holds
+    /// files that a kept point's file set lists stays, with the rule naming that point, until no kept
+    /// point needs it; the others go outright.
+    static func keepingFileSetReferences(_ decisions: [PruneDecision], points: RecoveryPoints) throws -> [PruneDecision] {
+        var manifests: [String: PointManifest] = [:]
+        func manifest(_ version: String) throws -> PointManifest {
+            if let m = manifests[version] { return m }
+            let m = try points.manifest(version)
+            manifests[version] = m
+            return m
+        }
+        var out = decisions
+        let position = Dictionary(out.enumerated().map { ($1.version, $0) }, uniquingKeysWith: { a, _ in a })
+        var queue = out.filter(\.keep).map(\.version)
+        while let version = queue.popLast() {
+            for needed in try manifest(version).fileSetReferences.sorted() {
+                guard let i = position[needed], !out[i].keep else { continue }
+                out[i].keep = true
+                out[i].rule = "the file set of \(version) needs its archive"
+                out[i].foldedInto = nil
+                queue.append(needed)
+            }
+        }
+        for i in out.indices where !out[i].keep {
+            if try !(manifest(out[i].version).fileSets ?? []).isEmpty { out[i].foldedInto = nil }
+        }
+        return out
     }
 }

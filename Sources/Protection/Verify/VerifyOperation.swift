@@ -134,6 +134,35 @@ public enum VerifyOperation {
                 return result
             }
         }
+        // File sets: the archive and the index must be the files the manifest names, and every point
+        // whose archive the index refers to must still be there.
+        for set in manifest.fileSets ?? [] {
+            for file in [PointFile(name: set.archive, size: set.archiveSize, sha256: set.archiveSHA256),
+                         PointFile(name: set.indexFile, size: set.indexSize, sha256: set.indexSHA256)] {
+                do {
+                    let (size, digest) = try Digest.file(points.pointFolder(version).appending(file.name), in: space, progress: options.progress)
+                    result.bytesRead += size
+                    guard size == file.size, digest == file.sha256 else {
+                        result.ok = false
+                        result.problem = "\(file.name): the file is \(size) bytes with SHA-256 \(digest); the manifest has \(file.size) bytes, \(file.sha256)"
+                        return result
+                    }
+                } catch let e as OperationCancelled {
+                    throw e
+                } catch {
+                    result.ok = false
+                    result.problem = "file set \(set.index) (\(file.name)) cannot be read: \(error)"
+                    return result
+                }
+            }
+            for needed in set.references where needed != version {
+                if (try? points.manifest(needed)) == nil {
+                    result.ok = false
+                    result.problem = "file set \(set.index) needs point \(needed), whose archive holds some of its files, and that point is gone"
+                    return result
+                }
+            }
+        }
         return result
     }
 }

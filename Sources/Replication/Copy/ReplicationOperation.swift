@@ -142,16 +142,19 @@ public enum ReplicationOperation {
             if let parent = manifest.parent, !have.contains(parent), !result.shipped.contains(parent) {
                 throw TargetError.damaged(path: from.pointFolder(version).string, reason: "its parent \(parent) is neither on the destination nor on the source; verify the source")
             }
-            options.log?("\(machine)/\(version): sending \(manifest.disks.count) image(s), \(ByteCount.format(manifest.storedBytes))")
+            for needed in manifest.fileSetReferences.sorted() where !have.contains(needed) && !result.shipped.contains(needed) {
+                throw TargetError.damaged(path: from.pointFolder(version).string, reason: "its file sets need point \(needed), which is neither on the destination nor sent before it; verify the source")
+            }
+            options.log?("\(machine)/\(version): sending \(manifest.files.count) file(s), \(ByteCount.format(manifest.storedBytes))")
             try checkRoom(for: manifest, version: version, in: to)
             try destination.space.makeFolder(to.pointFolder(version))
-            for disk in manifest.disks {
+            for file in manifest.files {
                 let base = done
                 try destinationLease.check()
                 try sourceLease.check()
-                let sent = try FileTransfer(source: source.space, from: from.imagePathUnjournaled(version, disk: disk),
-                                            destination: destination.space, to: to.pointFolder(version).appending(disk.image),
-                                            size: disk.imageSize, sha256: disk.imageSHA256, pieceSize: options.pieceSize,
+                let sent = try FileTransfer(source: source.space, from: from.pointFolder(version).appending(file.name),
+                                            destination: destination.space, to: to.pointFolder(version).appending(file.name),
+                                            size: file.size, sha256: file.sha256, pieceSize: options.pieceSize,
                                             wrap: options.wrapDestination, progress: options.progress.map { p in
                                                 ProgressReporter { d, _ in p.report(base + d, of: total) }
                                             }, cancel: options.progress,
@@ -160,7 +163,7 @@ public enum ReplicationOperation {
                 result.bytesResumed += sent.bytesResumed
                 result.sendSeconds += sent.sendSeconds
                 result.verifySeconds += sent.verifySeconds
-                done += disk.imageSize
+                done += file.size
                 try options.progress?.checkCancelled()
             }
             try destinationLease.check()
@@ -185,8 +188,8 @@ extension ReplicationOperation {
         let space = to.target.space
         let folder = to.pointFolder(version)
         var needed: UInt64 = 0
-        for disk in manifest.disks {
-            let image = folder.appending(disk.image)
+        for file in manifest.files {
+            let image = folder.appending(file.name)
             let partial = FileTransfer.partial(of: image)
             if space.exists(image) { continue }
             var held: UInt64 = 0
@@ -194,7 +197,7 @@ extension ReplicationOperation {
                 held = (try? file.size()) ?? 0
                 try? file.close()
             }
-            needed += disk.imageSize - min(held, disk.imageSize)
+            needed += file.size - min(held, file.size)
         }
         // Room for the manifest and a catalog generation.
         needed += 1 << 20
@@ -212,19 +215,13 @@ extension ReplicationOperation {
         for name in (try? space.contents(of: folder)) ?? [] where name.hasPrefix("manifest") || name.hasPrefix("verify.") {
             try space.remove(folder.appending(name))
         }
-        for disk in manifest.disks {
-            let path = folder.appending(disk.image)
+        for file in manifest.files {
+            let path = folder.appending(file.name)
             guard space.exists(path) else { continue }
-            let check = FileTransfer(source: from.target.space, from: path, destination: space, to: path, size: disk.imageSize,
-                                     sha256: disk.imageSHA256, pieceSize: 4 << 20, wrap: nil, progress: nil, cancel: nil)
-            if try check.digest(of: path, in: space) != disk.imageSHA256 { try space.remove(path) }
+            let check = FileTransfer(source: from.target.space, from: path, destination: space, to: path, size: file.size,
+                                     sha256: file.sha256, pieceSize: 4 << 20, wrap: nil, progress: nil, cancel: nil)
+            if try check.digest(of: path, in: space) != file.sha256 { try space.remove(path) }
         }
         try space.syncFolder(of: folder.appending("manifest.json"))
     }
-}
-
-extension RecoveryPoints {
-    /// A point's image file in its own folder (replication reads under the source's lease, so no
-    /// prune is half done there).
-    func imagePathUnjournaled(_ version: String, disk: ManifestDisk) -> FilePath { pointFolder(version).appending(disk.image) }
 }

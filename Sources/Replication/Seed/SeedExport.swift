@@ -71,7 +71,7 @@ public enum SeedExportOperation {
             next = m.parent
             if manifests.count > 100_000 { throw TargetError.damaged(path: points.folder.string, reason: "the chain of \(chosen) loops") }
         }
-        let total = manifests.reduce(UInt64(0)) { $0 + $1.disks.reduce(0) { $0 + $1.imageSize } }
+        let total = manifests.reduce(UInt64(0)) { $0 + $1.storedBytes }
         let header = SeedHeader(machine: machine, versions: manifests.map(\.version), source: source.location,
                                 created: Timestamp.iso8601(Date()), creator: "bulwark", imageBytes: total)
 
@@ -102,25 +102,25 @@ public enum SeedExportOperation {
         var done: UInt64 = 0
         for manifest in manifests {
             let prefix = "\(machine)/\(manifest.version)/"
-            options.log?("\(machine)/\(manifest.version): \(manifest.disks.count) image(s)")
+            options.log?("\(machine)/\(manifest.version): \(manifest.files.count) file(s)")
             let bytes = try RecoveryPoints.encode(manifest)
             try writer.begin(prefix + manifestFileName(manifest), size: UInt64(bytes.count), mtime: now)
             try bytes.withUnsafeBytes { try writer.write($0) }
             try writer.finishEntry()
-            for disk in manifest.disks {
+            for file in manifest.files {
                 try lease.check()
-                let imagePath = points.pointFolder(manifest.version).appending(disk.image)
+                let imagePath = points.pointFolder(manifest.version).appending(file.name)
                 let input = try source.space.open(imagePath, writable: false)
                 defer { try? input.close() }
-                guard try input.size() == disk.imageSize else {
-                    throw TargetError.damaged(path: imagePath.string, reason: "the image is \(try input.size()) bytes; its manifest says \(disk.imageSize)")
+                guard try input.size() == file.size else {
+                    throw TargetError.damaged(path: imagePath.string, reason: "the file is \(try input.size()) bytes; its manifest says \(file.size)")
                 }
                 input.advise(.sequential)
-                try writer.begin(prefix + disk.image, size: disk.imageSize, mtime: now)
+                try writer.begin(prefix + file.name, size: file.size, mtime: now)
                 var offset: UInt64 = 0
-                while offset < disk.imageSize {
+                while offset < file.size {
                     try options.progress?.checkCancelled()
-                    let n = Int(min(UInt64(buffer.count), disk.imageSize - offset))
+                    let n = Int(min(UInt64(buffer.count), file.size - offset))
                     let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<n])
                     try input.read(into: slice, at: offset)
                     try writer.write(UnsafeRawBufferPointer(slice))
@@ -128,7 +128,7 @@ public enum SeedExportOperation {
                     done += UInt64(n)
                     options.progress?.report(done, of: total)
                 }
-                input.advise(.dontNeed(0..<disk.imageSize))
+                input.advise(.dontNeed(0..<file.size))
                 try writer.finishEntry()
             }
         }

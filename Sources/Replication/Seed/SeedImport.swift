@@ -119,10 +119,10 @@ public enum SeedImportOperation {
                       manifestFileName(manifest) == fileName else {
                     throw refuse("entry \(name) describes \(manifest.machine)/\(manifest.version) (\(manifest.format), revision \(manifest.revision)), not that point")
                 }
-                let images = manifest.disks.map(\.image)
+                let images = manifest.files.map(\.name)
                 guard images.allSatisfy(isPlainName), Set(images).count == images.count,
                       !images.contains(where: { $0.hasPrefix("manifest") || $0.hasPrefix("verify.") || $0 == "protected" }) else {
-                    throw refuse("entry \(name) names image files that are not plain, distinct names")
+                    throw refuse("entry \(name) names data files that are not plain, distinct names")
                 }
                 let skip = have.contains(version)
                 if skip {
@@ -130,37 +130,39 @@ public enum SeedImportOperation {
                     result.skipped.append(version)
                 } else if let parent = manifest.parent, !have.contains(parent), !result.imported.contains(parent) {
                     throw refuse("point \(machine)/\(version): its parent \(parent) is neither on the target nor earlier in the seed")
+                } else if let needed = manifest.fileSetReferences.sorted().first(where: { !have.contains($0) && !result.imported.contains($0) }) {
+                    throw refuse("point \(machine)/\(version): its file sets need point \(needed), which is neither on the target nor earlier in the seed")
                 } else {
                     try ReplicationOperation.checkRoom(for: manifest, version: version, in: to)
                     try space.makeFolder(to.pointFolder(version))
-                    options.log?("\(machine)/\(version): \(manifest.disks.count) image(s), \(ByteCount.format(manifest.storedBytes))")
+                    options.log?("\(machine)/\(version): \(manifest.files.count) file(s), \(ByteCount.format(manifest.storedBytes))")
                 }
                 current = (manifest, images, skip)
                 continue
             }
             guard var c = current, let index = c.remaining.firstIndex(of: fileName),
-                  let disk = c.manifest.disks.first(where: { $0.image == fileName }) else {
+                  let file = c.manifest.files.first(where: { $0.name == fileName }) else {
                 throw refuse("entry \(name) is not an image the manifest of \(machine)/\(version) names, or it comes twice")
             }
             c.remaining.remove(at: index)
             current = c
-            guard entry.size == disk.imageSize else {
-                throw refuse("point \(machine)/\(version): image \(fileName) is \(entry.size) bytes in the seed; the manifest says \(disk.imageSize); nothing of the point was published")
+            guard entry.size == file.size else {
+                throw refuse("point \(machine)/\(version): image \(fileName) is \(entry.size) bytes in the seed; the manifest says \(file.size); nothing of the point was published")
             }
             if c.skip {
                 try reader.skip()
-                done += disk.imageSize
+                done += file.size
                 continue
             }
             try lease.check()
             let target = to.pointFolder(version).appending(fileName)
             if space.exists(target) {
                 // An earlier import renamed it and stopped before the manifest: keep it if it verifies.
-                guard try Digest.file(target, in: space, progress: options.progress).sha256 == disk.imageSHA256 else {
+                guard try Digest.file(target, in: space, progress: options.progress).sha256 == file.sha256 else {
                     throw TargetError.damaged(path: target.string, reason: "a file of an unpublished point does not have the manifest's SHA-256; remove it and import again")
                 }
                 try reader.skip()
-                done += disk.imageSize
+                done += file.size
                 continue
             }
             let partial = FileTransfer.partial(of: target)
@@ -188,16 +190,16 @@ public enum SeedImportOperation {
                 throw error
             }
             let digest = hasher.finish()
-            guard offset == disk.imageSize, digest == disk.imageSHA256 else {
+            guard offset == file.size, digest == file.sha256 else {
                 try? space.remove(partial)
-                throw refuse("point \(machine)/\(version): image \(fileName) in the seed has \(offset) bytes with SHA-256 \(digest); the manifest says \(disk.imageSize) bytes, \(disk.imageSHA256); nothing of the point was published")
+                throw refuse("point \(machine)/\(version): image \(fileName) in the seed has \(offset) bytes with SHA-256 \(digest); the manifest says \(file.size) bytes, \(file.sha256); nothing of the point was published")
             }
             // What the target holds, read back (over SMB the only proof the server has the bytes:
             // there is no fsync there), must be what the manifest says before the file is named.
             let stored = try Digest.file(partial, in: space, progress: nil).sha256
-            guard stored == disk.imageSHA256 else {
+            guard stored == file.sha256 else {
                 try? space.remove(partial)
-                throw TargetError.damaged(path: partial.string, reason: "read back from \(to.target.location), image \(fileName) of point \(machine)/\(version) has SHA-256 \(stored), not the manifest's \(disk.imageSHA256): the target did not keep the bytes written; check its storage and import again")
+                throw TargetError.damaged(path: partial.string, reason: "read back from \(to.target.location), image \(fileName) of point \(machine)/\(version) has SHA-256 \(stored), not the manifest's \(file.sha256): the target did not keep the bytes written; check its storage and import again")
             }
             try space.rename(partial, to: target)
             try space.syncFolder(of: target)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Dispatch
+import FileSets
 import Foundation
 import Mount
 import Storage
@@ -333,14 +334,21 @@ struct FilesList: ParsableCommand {
     @OptionGroup var point: PointDiskOptions
     @Option(help: "The partition number (default: the only filesystem, else the one where --path exists).") var volume: Int?
     @Option(help: ArgumentHelp("The folder or file to list, from the volume's root.", valueName: "path")) var path: String = "/"
+    @Option(help: "For a point of file sets: which set (default 0).") var fileset: Int?
     @OptionGroup var printing: OutputOptions
 
     struct Listing: Encodable {
-        var volume: PointVolume
+        var volume: PointVolume?
+        var fileSet: Int?
         var entries: [FileEntry]
     }
 
     func run() throws {
+        if let files = try FileSetPoint.open(point, set: fileset) {
+            let entries = try files.list(path)
+            if printing.json { return try Output.json(Listing(volume: nil, fileSet: files.set.index, entries: entries)) }
+            return try print(entries)
+        }
         let fs = try PointFilesystem(point)
         defer { fs.close() }
         let v = try fs.choose(volume, paths: path == "/" ? [] : [path])
@@ -348,7 +356,11 @@ struct FilesList: ParsableCommand {
         let rel = try fs.resolve(path, volume: v, root: root)
         let entries = FileEntry.walk(root: root, rel: rel)
         try fs.unmountVolume()
-        if printing.json { return try Output.json(Listing(volume: v, entries: entries)) }
+        if printing.json { return try Output.json(Listing(volume: v, fileSet: nil, entries: entries)) }
+        try print(entries)
+    }
+
+    func print(_ entries: [FileEntry]) throws {
         var text = ""
         for e in entries {
             let link = e.target.map { " -> \($0)" } ?? ""
@@ -370,6 +382,7 @@ struct RestoreFiles: ParsableCommand {
     @Option(name: .customLong("path"), help: ArgumentHelp("A file or folder to restore, from the volume's root (repeatable).", valueName: "path"))
     var paths: [String]
     @Option(name: .customLong("to"), help: ArgumentHelp("A new or empty folder to restore into.", valueName: "dir")) var destination: String
+    @Option(help: "For a point of file sets: which set (default 0).") var fileset: Int?
     @OptionGroup var printing: OutputOptions
 
     struct Result: Encodable {
@@ -385,6 +398,14 @@ struct RestoreFiles: ParsableCommand {
 
     func run() throws {
         let to = FileManager.default.currentDirectoryPath.appendingPathIfRelative(destination)
+        if let files = try FileSetPoint.open(point, set: fileset) {
+            let options = FileSetRestoreOptions(machine: files.points.machine, version: files.manifest.version, set: files.set.index,
+                                                paths: paths, destination: FilePath(to))
+            let result = try FileSetRestore.run(target: files.target, options: options)
+            if printing.json { return try Output.json(result) }
+            print("restored \(result.entries) entries (\(ByteCount.format(result.bytes))) of \(paths.joined(separator: ", ")) from file set \(result.set) of \(result.version) (archives of \(result.archives.joined(separator: ", "))) -> \(result.destination)")
+            return
+        }
         var st = stat()
         if lstat(to, &st) == 0 {
             let empty = (st.st_mode & S_IFMT) == S_IFDIR && ((try? FileManager.default.contentsOfDirectory(atPath: to)) ?? ["?"]).isEmpty
