@@ -5,12 +5,13 @@ import SystemPackage
 import Targets
 import VirtualDisk
 
-/// What to restore: one disk of one point, into a new file.
+/// What to restore: one disk of one point, into a new file or onto a whole disk (a block device).
 public struct DiskRestoreOptions: Sendable {
     public var machine: String
     public var version: String
     public var disk: Int
-    /// The new image (it must not exist; it appears only when complete and verified).
+    /// The new image (it must not exist; it appears only when complete and verified), or a block
+    /// device (a whole disk, not in use, at least as large: written in place).
     public var destination: FilePath
     /// raw, vhd or vhdx (default: from the destination's extension, raw for others).
     public var format: DiskFormat?
@@ -48,6 +49,19 @@ public enum DiskRestore {
         let manifest = try points.manifest(options.version)
         guard let disk = manifest.disks.first(where: { $0.index == options.disk }) else {
             throw TargetError.pointNotFound(target: target.location, machine: options.machine, version: "\(options.version) disk \(options.disk) (the point has disks \(manifest.disks.map { String($0.index) }.joined(separator: ", ")))")
+        }
+        if LocalFileSystem().kind(of: options.destination) == .blockDevice {
+            // Onto a disk: written in place (checked as system recovery checks its destinations:
+            // not in use, not holding the target, large enough), each chunk verified as it streams.
+            guard options.format == nil || options.format == .raw else {
+                throw DiskError.invalidArgument("\(options.destination.string): a block device receives the raw disk, not \(options.format!.rawValue)")
+            }
+            let holding = (target as? LocalDirectoryTarget).map { FileOps.canonical($0.root) }
+            let written = try SystemRecovery.write(disk, of: options.version, points: points, onto: options.destination, holding: holding,
+                                                   progress: options.progress, cancel: options.progress)
+            return DiskRestoreResult(machine: options.machine, version: options.version, disk: options.disk, destination: options.destination.string,
+                                     format: .raw, virtualSize: disk.virtualSize, bytesWritten: written.bytesWritten,
+                                     seconds: Date().timeIntervalSince(started), verified: true)
         }
         let source = points.imagePath(options.version, disk: disk)
         let format = options.format ?? {

@@ -44,34 +44,42 @@ extension SystemRecovery {
         var results: [SystemRecoveryResult.Disk] = []
         for entry in plan.restored {
             guard let disk = manifest.disks.first(where: { $0.index == entry.index }), let destination = entry.destination else { continue }
-            let path = FilePath(destination)
-            let diskStarted = Date()
-            let checked = try check(path, for: disk, holding: holding)
-            let chain = try DiskChain.open(points.imagePath(plan.version, disk: disk), in: target.space)
-            defer { try? chain.close() }
-            let store = try BlockFile.open(path, writable: true)
-            defer { try? store.close() }
             let base = done
             let inner = progress.map { outer in ProgressReporter { completed, _ in outer.report(base + completed, of: total) } }
-            let checker = ChainDigests.Checker(disk: disk)
-            func failure(_ mismatch: (index: Int, digest: String)) -> RecoveryError {
-                let r = disk.chunkRange(mismatch.index)
-                return .mismatch(disk: disk.index, destination: path.string,
-                                 reason: "bytes \(r.lowerBound)..<\(r.upperBound) read from the target have SHA-256 \(mismatch.digest), the manifest says \(disk.chunks[mismatch.index])")
-            }
-            let written = try ChainWrite.onto(store, from: chain, progress: inner) { piece in
-                try progress?.checkCancelled()
-                try checker.add(piece)
-                if let bad = checker.mismatch { throw failure(bad) }
-            }
-            if let bad = try checker.finish() { throw failure(bad) }
-            let fitted = try fitTable(store, disk: disk, size: checked.size)
-            if store.isBlockDevice { rereadPartitions(store) }
+            results.append(try write(disk, of: plan.version, points: points, onto: FilePath(destination), holding: holding, progress: inner, cancel: progress))
             done += disk.virtualSize
-            results.append(SystemRecoveryResult.Disk(index: disk.index, destination: path.string, virtualSize: disk.virtualSize, bytesWritten: written,
-                                                     tableFitted: fitted, seconds: Date().timeIntervalSince(diskStarted), verified: true))
         }
         return SystemRecoveryResult(machine: plan.machine, version: plan.version, disks: results, seconds: Date().timeIntervalSince(started))
+    }
+
+    /// Writes one disk of a point onto an existing destination (a whole disk or an image file),
+    /// checked again first, each chunk checked against the manifest as it streams; a GPT is fitted
+    /// to a larger destination and a device's partitions re-read. What `run` does for each disk and
+    /// `DiskRestore` for a block device.
+    static func write(_ disk: ManifestDisk, of version: String, points: RecoveryPoints, onto path: FilePath, holding: FilePath?,
+                      progress: ProgressReporter?, cancel: ProgressReporter?) throws -> SystemRecoveryResult.Disk {
+        let started = Date()
+        let checked = try check(path, for: disk, holding: holding)
+        let chain = try DiskChain.open(points.imagePath(version, disk: disk), in: points.target.space)
+        defer { try? chain.close() }
+        let store = try BlockFile.open(path, writable: true)
+        defer { try? store.close() }
+        let checker = ChainDigests.Checker(disk: disk)
+        func failure(_ mismatch: (index: Int, digest: String)) -> RecoveryError {
+            let r = disk.chunkRange(mismatch.index)
+            return .mismatch(disk: disk.index, destination: path.string,
+                             reason: "bytes \(r.lowerBound)..<\(r.upperBound) read from the target have SHA-256 \(mismatch.digest), the manifest says \(disk.chunks[mismatch.index])")
+        }
+        let written = try ChainWrite.onto(store, from: chain, progress: progress) { piece in
+            try cancel?.checkCancelled()
+            try checker.add(piece)
+            if let bad = checker.mismatch { throw failure(bad) }
+        }
+        if let bad = try checker.finish() { throw failure(bad) }
+        let fitted = try fitTable(store, disk: disk, size: checked.size)
+        if store.isBlockDevice { rereadPartitions(store) }
+        return SystemRecoveryResult.Disk(index: disk.index, destination: path.string, virtualSize: disk.virtualSize, bytesWritten: written,
+                                         tableFitted: fitted, seconds: Date().timeIntervalSince(started), verified: true)
     }
 
     /// Fits a GPT to a destination larger than the backed-up disk; an MBR or a same-size disk needs

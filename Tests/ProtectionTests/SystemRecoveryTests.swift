@@ -251,6 +251,37 @@ final class MachineBench: @unchecked Sendable {
         #expect(try digest(fresh) == freshBefore && digest(other1) == otherBefore)
     }
 
+    /// `restore disk --to /dev/...`: written in place and verified; a device with a mounted
+    /// filesystem is refused before anything is written.
+    @Test func aDiskIsRestoredOntoABlockDevice() throws {
+        guard try Self.prerequisites() else { return }
+        let b = try MachineBench()
+        let backing = try blank(b.dir, "device1.img", 320, fill: 0x77)
+        let loop = try runChecked(sys("losetup"), ["-f", "--show", backing]).out.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { _ = try? run(sys("losetup"), ["-d", loop]) }
+        let r = try run(TestEnv.bulwark, ["restore", "disk", "--target", b.target, "--version", b.incremental, "--disk", "1", "--to", loop, "--json"])
+        #expect(r.status == 0, "\(r.err)")
+        #expect((try JSONSerialization.jsonObject(with: r.stdout) as? [String: Any])?["verified"] as? Bool == true)
+        _ = try? run(sys("sync"), [])
+        #expect(try run(sys("cmp"), [loop, b.disk1]).status == 0, "the device holds the backed-up disk")
+
+        // A device with a mounted filesystem.
+        let busy = try blank(b.dir, "busy.img", 64)
+        try runChecked(sys("mkfs.ext4"), ["-q", busy])
+        let busyLoop = try runChecked(sys("losetup"), ["-f", "--show", busy]).out.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { _ = try? run(sys("losetup"), ["-d", busyLoop]) }
+        let mountpoint = b.dir.file("busy-mnt")
+        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        try runChecked(sys("mount"), ["-o", "ro,noload", busyLoop, mountpoint])  // read-only: the file's bytes stay as they are
+        defer { _ = try? run(sys("umount"), [mountpoint]) }
+        let before = try runChecked(sys("sha256sum"), [busy]).out
+        #expect(!before.isEmpty)
+        let refused = try run(TestEnv.bulwark, ["restore", "disk", "--target", b.target, "--version", b.incremental, "--disk", "0", "--to", busyLoop])
+        #expect(refused.status == 8 && refused.err.contains("is mounted on \(mountpoint)"), "\(refused.err)")
+        _ = try run(sys("umount"), [mountpoint])
+        #expect(try runChecked(sys("sha256sum"), [busy]).out == before)
+    }
+
     /// Without --map: the recorded serial, then WWN, then the one disk of exactly the size; several
     /// of that size, or none, is an error that lists the disks.
     @Test func disksAreMatchedBySerialThenWWNThenAUniqueSize() throws {

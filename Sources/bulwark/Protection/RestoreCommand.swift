@@ -18,15 +18,15 @@ struct RestoreCommand: AsyncParsableCommand {
 struct RestoreDisk: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "disk",
-        abstract: "Restore one disk of a recovery point into a new image file.",
-        discussion: "Reads the point's chain straight from the target, writes the image under a temporary name, reads it back against the manifest's checksums, and only then gives it its name. PATH must not exist."
+        abstract: "Restore one disk of a recovery point into a new image file, or onto a whole disk.",
+        discussion: "Reads the point's chain straight from the target. Into a file: writes the image under a temporary name, reads it back against the manifest's checksums, and only then gives it its name (PATH must not exist). Onto a block device: writes it in place (refused when the device is in use, holds the target or is smaller), checking every 4 MiB against the manifest as it streams."
     )
 
     @Option(help: ArgumentHelp("The target.", valueName: "url")) var target: String
     @Option(help: ArgumentHelp("The machine (needed when the target holds several).", valueName: "name")) var machine: String?
     @Option(help: ArgumentHelp("The version (`bulwark versions` lists them).", valueName: "version")) var version: String
     @Option(help: "The disk's index in the point.") var disk: Int = 0
-    @Option(name: .customLong("to"), help: ArgumentHelp("The new image.", valueName: "path")) var destination: String
+    @Option(name: .customLong("to"), help: ArgumentHelp("The new image, or a whole disk (/dev/sdX).", valueName: "path")) var destination: String
     @Option(help: "raw, vhd or vhdx (default: from the extension; raw for others).") var format: DiskFormat?
     @OptionGroup var access: CredentialOptions
     @OptionGroup var printing: OutputOptions
