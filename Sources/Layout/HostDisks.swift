@@ -115,9 +115,20 @@ public enum HostDisks {
         for line in mounts.split(separator: "\n") {
             let fields = line.split(separator: " ")
             guard fields.count > 4 else { continue }
-            if let (dev, _, _) = devices.first(where: { "\($0.1):\($0.2)" == fields[2] }) {
+            // The device numbers, or (btrfs, whose numbers are anonymous) the mount's source device.
+            var numbers = String(fields[2])
+            if let dash = fields.firstIndex(of: "-"), dash + 2 < fields.count, fields[dash + 2].hasPrefix("/dev/"),
+               let (a, b) = number(of: FilePath(String(fields[dash + 2]))) {
+                numbers = numbers == "\(a):\(b)" ? numbers : "\(a):\(b)"
+            }
+            if let (dev, _, _) = devices.first(where: { "\($0.1):\($0.2)" == fields[2] || "\($0.1):\($0.2)" == numbers }) {
                 found.append("/dev/\(dev) is mounted on \(fields[4])")
             }
+        }
+        // Whatever else holds it: the kernel refuses an exclusive open of a disk in use.
+        if found.isEmpty {
+            let fd = open("/dev/\(name)", O_RDONLY | O_EXCL | O_CLOEXEC)
+            if fd >= 0 { close(fd) } else if errno == EBUSY { found.append("the kernel reports /dev/\(name) busy (mounted, or held by LVM, RAID or swap)") }
         }
         let swaps = (try? String(contentsOfFile: "/proc/swaps", encoding: .utf8)) ?? ""
         for (dev, _, _) in devices where swaps.contains("/dev/\(dev) ") { found.append("/dev/\(dev) is in use as swap") }

@@ -58,9 +58,7 @@ final class FileSetBench: @unchecked Sendable {
     }
 
     func backup() throws -> String {
-        let r = try run(TestEnv.bulwark, ["backup", "start", "--policy", dir.file("policy.yaml")], environment: env)
-        guard r.status == 0 else { throw TestFailure("backup: \(r.err)") }
-        return try FileManager.default.contentsOfDirectory(atPath: target + "/BulwarkBackup/fileserver").filter { $0.hasPrefix("20") }.sorted().last!
+        try backupPoint(policy: dir.file("policy.yaml"), environment: env, machineFolder: target + "/BulwarkBackup/fileserver")
     }
 
     func manifest(_ version: String) throws -> [String: Any] {

@@ -70,9 +70,7 @@ final class MachineBench: @unchecked Sendable {
     }
 
     func backup() throws -> String {
-        let r = try run(TestEnv.bulwark, ["backup", "start", "--policy", dir.file("policy.yaml")], environment: env)
-        guard r.status == 0 else { throw TestFailure("backup: \(r.err)") }
-        return try FileManager.default.contentsOfDirectory(atPath: target + "/BulwarkBackup/host1").filter { $0.hasPrefix("20") }.sorted().last!
+        try backupPoint(policy: dir.file("policy.yaml"), environment: env, machineFolder: target + "/BulwarkBackup/host1")
     }
 
     /// Runs `body` with the partition at `offset` of `image` mounted (read-only: ext4 `noload`, xfs

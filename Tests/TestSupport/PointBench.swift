@@ -60,9 +60,7 @@ public final class PointBench: @unchecked Sendable {
     }
 
     public func backup() throws -> String {
-        let r = try run(TestEnv.bulwark, ["backup", "start", "--policy", dir.file("policy.yaml")], environment: env)
-        guard r.status == 0 else { throw TestFailure("backup: \(r.err)") }
-        return try FileManager.default.contentsOfDirectory(atPath: target + "/BulwarkBackup/guest").filter { $0.hasPrefix("20") }.sorted().last!
+        try backupPoint(policy: dir.file("policy.yaml"), environment: env, machineFolder: target + "/BulwarkBackup/guest")
     }
 
     public func bulwark(_ args: [String]) throws -> RunResult {
@@ -72,4 +70,15 @@ public final class PointBench: @unchecked Sendable {
     public func point(_ v: String) -> [String] { ["--target", target, "--version", v] }
 
     private func check(_ ok: Bool) throws { if !ok { throw TestFailure("fixture: errno \(errno)") } }
+}
+
+/// Runs one backup job of `policy` (`bulwark backup start`) and returns the newest version in the
+/// machine's folder on the target.
+public func backupPoint(policy: String, environment: [String: String], machineFolder: String) throws -> String {
+    let r = try run(TestEnv.bulwark, ["backup", "start", "--policy", policy], environment: environment)
+    guard r.status == 0 else { throw TestFailure("backup: \(r.err)") }
+    guard let newest = try FileManager.default.contentsOfDirectory(atPath: machineFolder).filter({ $0.hasPrefix("20") }).sorted().last else {
+        throw TestFailure("backup: no point in \(machineFolder)")
+    }
+    return newest
 }

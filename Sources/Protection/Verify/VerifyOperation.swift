@@ -82,6 +82,19 @@ public enum VerifyOperation {
             return result
         }
         let space = points.target.space
+        /// Whether the file at `path` is the one the manifest names (size and SHA-256); when not, the
+        /// result says so.
+        func matches(_ path: FilePath, _ file: PointFile, disk: Int?) throws -> Bool {
+            let (size, digest) = try Digest.file(path, in: space, progress: options.progress)
+            result.bytesRead += size
+            guard size == file.size, digest == file.sha256 else {
+                result.ok = false
+                result.badDisk = disk
+                result.problem = "\(file.name): the file is \(size) bytes with SHA-256 \(digest); the manifest has \(file.size) bytes, \(file.sha256)"
+                return false
+            }
+            return true
+        }
         for disk in manifest.disks {
             let path = points.imagePath(version, disk: disk)
             do {
@@ -117,14 +130,7 @@ public enum VerifyOperation {
                     result.notes.append("\(disk.image): an interrupted prune is re-linking this point's files; its data verified, its file digests are checked once a job finishes the prune")
                     continue
                 }
-                let (size, digest) = try Digest.file(path, in: space, progress: options.progress)
-                result.bytesRead += size
-                guard size == disk.imageSize, digest == disk.imageSHA256 else {
-                    result.ok = false
-                    result.badDisk = disk.index
-                    result.problem = "\(disk.image): the file is \(size) bytes with SHA-256 \(digest); the manifest has \(disk.imageSize) bytes, \(disk.imageSHA256)"
-                    return result
-                }
+                guard try matches(path, PointFile(name: disk.image, size: disk.imageSize, sha256: disk.imageSHA256), disk: disk.index) else { return result }
             } catch let e as OperationCancelled {
                 throw e
             } catch {
@@ -140,13 +146,7 @@ public enum VerifyOperation {
             for file in [PointFile(name: set.archive, size: set.archiveSize, sha256: set.archiveSHA256),
                          PointFile(name: set.indexFile, size: set.indexSize, sha256: set.indexSHA256)] {
                 do {
-                    let (size, digest) = try Digest.file(points.pointFolder(version).appending(file.name), in: space, progress: options.progress)
-                    result.bytesRead += size
-                    guard size == file.size, digest == file.sha256 else {
-                        result.ok = false
-                        result.problem = "\(file.name): the file is \(size) bytes with SHA-256 \(digest); the manifest has \(file.size) bytes, \(file.sha256)"
-                        return result
-                    }
+                    guard try matches(points.pointFolder(version).appending(file.name), file, disk: nil) else { return result }
                 } catch let e as OperationCancelled {
                     throw e
                 } catch {

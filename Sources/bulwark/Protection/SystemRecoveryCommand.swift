@@ -96,11 +96,7 @@ struct RestoreSystem: AsyncParsableCommand {
                 continue
             }
             print("  disk \(disk.index) (\(disk.source), \(ByteCount.format(disk.size)), \(table)) -> \(destination) (\(ByteCount.format(disk.destinationSize ?? 0)), \(matchWords(disk.matchedBy)))")
-            if let erases = disk.erases {
-                print("    erases: \(summary(erases))")
-            } else {
-                print("    erases: everything on \(destination) (no partition table or filesystem recognised)")
-            }
+            print("    erases: \(disk.erases.map(summary) ?? "everything on it (it could not be read)")")
             if let layout = disk.layout {
                 for p in layout.partitions {
                     print("    partition \(p.number): start \(ByteCount.format(p.start)), size \(ByteCount.format(p.size)), type \(p.type)\(p.name.map { $0.isEmpty ? "" : " \"\($0)\"" } ?? "")\(p.extended ? " (extended)" : "")\(p.volume.map { ": " + volume($0) } ?? "")")
@@ -127,7 +123,7 @@ struct RestoreSystem: AsyncParsableCommand {
 
     static func summary(_ layout: DiskLayout) -> String {
         if let v = layout.volume { return "a whole-disk \(volume(v))" }
-        guard layout.table != "none" else { return "unrecognised content" }
+        guard layout.table != "none" else { return "nothing recognised (no partition table, no filesystem)" }
         let parts = layout.partitions.map { p in "\(p.number)\(p.volume.map { " " + volume($0) } ?? "")" }
         return "\(layout.table == "dos" ? "MBR" : layout.table.uppercased()) with \(layout.partitions.count) partition\(layout.partitions.count == 1 ? "" : "s")\(parts.isEmpty ? "" : ": " + parts.joined(separator: "; "))"
     }
