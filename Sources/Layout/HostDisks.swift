@@ -84,19 +84,21 @@ public enum HostDisks {
         return FileManager.default.fileExists(atPath: sys) ? (major, minor) : nil
     }
 
-    /// The whole disk the file system holding `path` lives on (through a loop device to the disk of
-    /// its backing file), or nil for a filesystem with no disk (tmpfs, a network share).
-    public static func disk(holding path: FilePath) -> (UInt32, UInt32)? {
+    /// The whole disks the file system holding `path` lives on: its disk and, when that is a loop
+    /// device, the disk of its backing file, and so on; empty for a filesystem with no disk (tmpfs,
+    /// a network share). Writing any of them would destroy what is at `path`.
+    public static func disks(holding path: FilePath) -> [(UInt32, UInt32)] {
         var st = stat()
-        guard stat(path.string, &st) == 0 else { return nil }
+        guard stat(path.string, &st) == 0 else { return [] }
         var device = split(st.st_dev)
+        var out: [(UInt32, UInt32)] = []
         for _ in 0..<8 {
-            guard let whole = wholeDisk(major: device.0, minor: device.1) else { return nil }
-            guard let backing = read("/sys/dev/block/\(whole.0):\(whole.1)/loop/backing_file") else { return whole }
-            guard stat(backing, &st) == 0 else { return whole }
+            guard let whole = wholeDisk(major: device.0, minor: device.1) else { break }
+            out.append(whole)
+            guard let backing = read("/sys/dev/block/\(whole.0):\(whole.1)/loop/backing_file"), stat(backing, &st) == 0 else { break }
             device = split(st.st_dev)
         }
-        return nil
+        return out
     }
 
     /// Why writing the whole disk `major:minor` would hurt something in use, or nil when nothing

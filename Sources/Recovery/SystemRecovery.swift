@@ -151,7 +151,7 @@ public enum SystemRecovery {
             defer { try? device.close() }
             size = try device.size()
             reasons += HostDisks.users(major: major, minor: minor)
-            if let target, let holder = HostDisks.disk(holding: target), holder == (major, minor) {
+            if let target, HostDisks.disks(holding: target).contains(where: { $0 == (major, minor) }) {
                 reasons.append("it holds the backup target \(target.string)")
             }
         case S_IFREG:

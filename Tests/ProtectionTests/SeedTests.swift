@@ -173,7 +173,7 @@ import TestSupport
         let bench = try BackupBench(size: 12 << 20, seed: 93)
         try bench.write(bench.rng.bytes(5 << 20), at: 0)
         var versions: [String] = []
-        for day in 0..<2 {
+        for day in 0..<3 {
             try bench.scribble(writes: 2)
             versions.append(try await bench.backup(at: .day(day)).version)
         }
@@ -186,7 +186,8 @@ import TestSupport
         defer { server.stop() }
         let url = server.url(path: "/seeded")
         let seed = bench.dir.file("share.seed")
-        #expect(try bulwark(["seed", "export", "--target", bench.targetPath, "--machine", "guest", "--to", seed], state: bench.state).status == 0)
+        // The seed carries the first two points; the third goes by replication afterwards.
+        #expect(try bulwark(["seed", "export", "--target", bench.targetPath, "--machine", "guest", "--version", versions[1], "--to", seed], state: bench.state).status == 0)
         // A damaged seed first: nothing of the bad point on the server.
         var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: seed)))
         bytes[bytes.count - 1024 - 4096] ^= 0x01
@@ -202,6 +203,13 @@ import TestSupport
         #expect(try json(imported)["imported"] as? [String] == [versions[1]] && json(imported)["skipped"] as? [String] == [versions[0]])
         let verify = try bulwark(["verify", "--target", url, "--credentials", server.credentialsFile], state: bench.state)
         #expect(verify.status == 0, "\(verify.err)")
+        // Replication after the seed sends only the newer point.
+        let rep = try bulwark(["replicate", "--from", bench.targetPath, "--to", url, "--credentials", server.credentialsFile, "--json"], state: bench.state)
+        #expect(rep.status == 0, "\(rep.err)")
+        let results = try JSONSerialization.jsonObject(with: rep.stdout) as? [[String: Any]]
+        #expect(results?.first?["shipped"] as? [String] == [versions[2]], "\(rep.out)")
+        let third = try bench.points.manifest(versions[2]).storedBytes
+        #expect((results?.first?["bytesSent"] as? Int).map(UInt64.init) == third, "only the third point's images went over the wire")
         // The share as a source: its seed is the same points, byte for byte.
         let back = bench.dir.file("back.seed")
         let export = try bulwark(["seed", "export", "--target", url, "--credentials", server.credentialsFile, "--machine", "guest", "--to", back], state: bench.state)

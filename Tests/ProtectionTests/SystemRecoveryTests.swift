@@ -278,6 +278,21 @@ final class MachineBench: @unchecked Sendable {
         #expect(refused.status == 8 && refused.err.contains("is mounted on \(mountpoint)"), "\(refused.err)")
         _ = try run(sys("umount"), [mountpoint])
         #expect(try runChecked(sys("sha256sum"), [busy]).out == before)
+
+        // The disk that holds the backup target is never a destination.
+        let holder = try blank(b.dir, "holder.img", 200)
+        try runChecked(sys("mkfs.ext4"), ["-q", holder])
+        let holderLoop = try runChecked(sys("losetup"), ["-f", "--show", holder]).out.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { _ = try? run(sys("losetup"), ["-d", holderLoop]) }
+        let holderMount = b.dir.file("holder-mnt")
+        try FileManager.default.createDirectory(atPath: holderMount, withIntermediateDirectories: true)
+        try runChecked(sys("mount"), [holderLoop, holderMount])
+        defer { _ = try? run(sys("umount"), [holderMount]) }
+        let rep = try run(TestEnv.bulwark, ["replicate", "--from", b.target, "--to", holderMount + "/target"])
+        try #require(rep.status == 0, "\(rep.err)")
+        let onItself = try run(TestEnv.bulwark, ["restore", "sysrecovery", "--target", holderMount + "/target", "--version", b.full,
+                                                 "--map", "0=\(holderLoop)", "--exclude-disk", "1", "--yes"])
+        #expect(onItself.status == 8 && onItself.err.contains("it holds the backup target \(holderMount)/target"), "\(onItself.err)")
     }
 
     /// Without --map: the recorded serial, then WWN, then the one disk of exactly the size; several

@@ -17,8 +17,8 @@ enum DiskLayouts {
             case let .disk(path):
                 out.append(path)
             case .machine:
-                let holding = (target as? LocalDirectoryTarget).flatMap { HostDisks.disk(holding: $0.root) }
-                let disks = HostDisks.list().filter { disk in holding.map { $0 != (disk.major, disk.minor) } ?? true }
+                let holding = (target as? LocalDirectoryTarget).map { HostDisks.disks(holding: $0.root) } ?? []
+                let disks = HostDisks.list().filter { disk in !holding.contains { $0 == (disk.major, disk.minor) } }
                 guard !disks.isEmpty else {
                     throw ProtectionError.sourceMissing(policy: policy, source: "machine: true (no whole disk found in /sys/block other than the one holding the target; list the disks with `- disk: /dev/...` instead)")
                 }

@@ -90,7 +90,7 @@ struct RestoreSystem: AsyncParsableCommand {
     static func show(_ plan: SystemRecoveryPlan) {
         print("System recovery of \(plan.machine) from \(plan.version) (taken \(plan.time)):")
         for disk in plan.disks {
-            let table = disk.layout.map { $0.table == "dos" ? "MBR" : $0.table.uppercased() } ?? "layout not recorded"
+            let table = disk.layout.map(tableName) ?? "layout not recorded"
             guard disk.action == "restore", let destination = disk.destination else {
                 print("  disk \(disk.index) (\(disk.source), \(ByteCount.format(disk.size)), \(table)): excluded, nothing written for it")
                 continue
@@ -104,6 +104,14 @@ struct RestoreSystem: AsyncParsableCommand {
                 if let v = layout.volume { print("    whole disk: \(volume(v))") }
             }
             if let free = disk.freeAfter { print("    leaves \(ByteCount.format(free)) free at the end of \(destination)") }
+        }
+    }
+
+    static func tableName(_ layout: DiskLayout) -> String {
+        switch layout.table {
+        case "dos": "MBR"
+        case "none": "no partition table"
+        default: layout.table.uppercased()
         }
     }
 
@@ -125,6 +133,6 @@ struct RestoreSystem: AsyncParsableCommand {
         if let v = layout.volume { return "a whole-disk \(volume(v))" }
         guard layout.table != "none" else { return "nothing recognised (no partition table, no filesystem)" }
         let parts = layout.partitions.map { p in "\(p.number)\(p.volume.map { " " + volume($0) } ?? "")" }
-        return "\(layout.table == "dos" ? "MBR" : layout.table.uppercased()) with \(layout.partitions.count) partition\(layout.partitions.count == 1 ? "" : "s")\(parts.isEmpty ? "" : ": " + parts.joined(separator: "; "))"
+        return "\(tableName(layout)) with \(layout.partitions.count) partition\(layout.partitions.count == 1 ? "" : "s")\(parts.isEmpty ? "" : ": " + parts.joined(separator: "; "))"
     }
 }
