@@ -174,8 +174,10 @@ public struct FileSetCapture {
     func walk(_ path: String, into found: inout [Found], vanished: inout [String]) throws {
         var st = stat()
         guard lstat(path, &st) == 0 else {
-            if errno == ENOENT, !found.isEmpty || !paths.contains(path) { vanished.append(path); return }
-            throw StorageError.notFound(path: path)
+            // A path under a root that went away meanwhile is left out; a root the policy names must exist.
+            if errno == ENOENT, !paths.contains(path) { vanished.append(path); return }
+            if errno == ENOENT { throw StorageError.notFound(path: path) }
+            throw StorageError.io(path: path, operation: "lstat", errno: Errno(rawValue: errno))
         }
         found.append(Found(path: path, stat: st))
         guard st.st_mode & S_IFMT == S_IFDIR else { return }

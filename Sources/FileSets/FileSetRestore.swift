@@ -123,7 +123,8 @@ public enum FileSetRestore {
             throw StorageError.unsupported(path: destination, reason: "finishing the restore (folder times and modes) failed: \(archiveMessage(disk))")
         }
         // Folder times last, deepest first: writing into a folder (from any archive) moves its mtime.
-        let folders = wanted.values.flatMap { $0 }.compactMap { name in index.entries.first { $0.path == name && $0.type == "folder" } }
+        let restored = Set(wanted.values.flatMap { $0 })
+        let folders = index.entries.filter { $0.type == "folder" && restored.contains($0.path) }
         for folder in folders.sorted(by: { $0.path.count > $1.path.count }) { setTimes(destination, folder.path, mtime: folder.mtime) }
         return FileSetRestoreResult(machine: options.machine, version: options.version, set: options.set, destination: destination,
                                     entries: count, bytes: bytes, archives: wanted.keys.sorted(), seconds: Date().timeIntervalSince(started))

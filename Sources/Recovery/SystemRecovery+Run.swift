@@ -82,10 +82,16 @@ extension SystemRecovery {
                                          tableFitted: fitted, seconds: Date().timeIntervalSince(started), verified: true)
     }
 
-    /// Fits a GPT to a destination larger than the backed-up disk; an MBR or a same-size disk needs
-    /// nothing. Returns whether anything was written.
+    /// Fits the restored disk to a destination larger than the backed-up disk: the last MiB past
+    /// the restored bytes is zeroed (a table or RAID/LVM signature the destination kept at its old
+    /// end must not be found next to the new one), and a GPT gets its backup header and entries at
+    /// the new end. Returns whether the partition table was changed.
     static func fitTable(_ store: BlockFile, disk: ManifestDisk, size: UInt64) throws -> Bool {
         guard size > disk.virtualSize else { return false }
+        let tail = max(disk.virtualSize, size - min(size, 1 << 20))..<size
+        if try !store.punchHole(at: tail.lowerBound, length: UInt64(tail.count)) {
+            try store.writeZeros(count: UInt64(tail.count), at: tail.lowerBound)
+        }
         let sector = disk.layout?.logicalSectorSize ?? disk.logicalSectorSize
         func read(_ offset: UInt64, _ count: Int) throws -> [UInt8] { try store.read(count: count, at: offset) }
         let table = try PartitionTable.read(size: disk.virtualSize, sectorSize: sector, read)

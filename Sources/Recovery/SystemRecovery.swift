@@ -12,14 +12,12 @@ public struct SystemRecoveryOptions: Sendable {
     public var maps: [Int: FilePath]
     /// Backed-up disks left alone.
     public var exclude: Set<Int>
-    public var progress: ProgressReporter?
 
-    public init(machine: String, version: String, maps: [Int: FilePath] = [:], exclude: Set<Int> = [], progress: ProgressReporter? = nil) {
+    public init(machine: String, version: String, maps: [Int: FilePath] = [:], exclude: Set<Int> = []) {
         self.machine = machine
         self.version = version
         self.maps = maps
         self.exclude = exclude
-        self.progress = progress
     }
 }
 
