@@ -185,6 +185,46 @@ final class FileSetBench: @unchecked Sendable {
         #expect(!FileManager.default.fileExists(atPath: to + "/" + name), "refused before the wanted entry")
     }
 
+    /// A file-set backup killed at any moment leaves every point as it was (the half-written one has
+    /// no manifest and is never listed); the next job removes the leftovers and completes.
+    @Test func killedFileSetBackupsLeaveThePointsAsTheyWere() throws {
+        guard try Self.prerequisites() else { return }
+        let b = try FileSetBench()
+        var random = SeededRandom(seed: 11)
+        try Data((0..<(24 << 20)).map { _ in UInt8.random(in: 0...255, using: &random) }).write(to: URL(fileURLWithPath: b.src + "/data/large.bin"))
+        let args = ["backup", "start", "--policy", b.dir.file("policy.yaml"), "--full"]
+        let (duration, first) = try KilledRun.duration(args, environment: b.env)
+        try #require(first.status == 0, "\(first.err)")
+        let machine = b.target + "/BulwarkBackup/fileserver"
+        func complete() throws -> [String] {
+            try FileManager.default.contentsOfDirectory(atPath: machine).filter { $0.hasPrefix("20") }
+                .filter { FileManager.default.fileExists(atPath: machine + "/" + $0 + "/manifest.json") }.sorted()
+        }
+        var kills = 0
+        for round in 0..<6 {
+            let before = try complete()
+            let outcome = try KilledRun.run(args, after: UInt32.random(in: duration / 10...max(duration / 10 + 1, duration * 9 / 10), using: &random),
+                                            environment: b.env)
+            if outcome.killed { kills += 1 } else { #expect(outcome.status == 0, "round \(round): \(outcome.err)") }
+            let after = try complete()
+            #expect(Set(before).isSubset(of: Set(after)), "round \(round): a point vanished")
+            let listed = try run(TestEnv.bulwark, ["versions", "--target", b.target, "--json"])
+            let versions = (try JSONSerialization.jsonObject(with: listed.stdout) as? [[String: Any]])?.compactMap { $0["version"] as? String }
+            #expect(versions.map(Set.init) == Set(after), "round \(round): only complete points are listed")
+            sleep(1)
+        }
+        #expect(kills > 0)
+        let last = try b.backup()
+        let to = b.dir.file("after-kills")
+        let r = try run(TestEnv.bulwark, ["restore", "files", "--target", b.target, "--version", last, "--path", b.src, "--to", to])
+        #expect(r.status == 0, "\(r.err)")
+        #expect(try FileSetBench.describe(to + b.src) == FileSetBench.describe(b.src))
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: machine).filter { $0.hasPrefix("20") }
+            .filter { !FileManager.default.fileExists(atPath: machine + "/" + $0 + "/manifest.json") }
+        #expect(leftovers.isEmpty, "\(leftovers)")
+        #expect(try run(TestEnv.bulwark, ["verify", "--target", b.target]).status == 0)
+    }
+
     /// Retention keeps a point whose archive a kept point still needs, and removes it once none does.
     @Test func retentionKeepsArchivesThatKeptPointsNeed() throws {
         guard try Self.prerequisites() else { return }
