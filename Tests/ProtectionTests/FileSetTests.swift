@@ -38,17 +38,7 @@ final class FileSetBench: @unchecked Sendable {
         let acl = Self.acl.map { String($0) }.joined(separator: ",")
         try runChecked("/usr/bin/python3", ["-c", "import os; os.setxattr('\(src)/etc/hosts', 'user.note', b'hello'); os.setxattr('\(src)/data/run.sh', 'system.posix_acl_access', bytes([\(acl)]))"])
         try runChecked(sys("touch"), ["-h", "-d", "2020-01-02 03:04:05 UTC", src + "/etc/hosts", src + "/data/link"])
-        try """
-        name: files
-        machine: fileserver
-        sources:
-          - files: [\(src)]
-        consistency:
-          provider: none
-          allow-crash-consistent: true
-        target: \(target)
-        keep: \(keep)
-        """.write(toFile: dir.file("policy.yaml"), atomically: true, encoding: .utf8)
+        try writeTestPolicy(dir.file("policy.yaml"), name: "files", machine: "fileserver", sources: ["files: [\(src)]"], target: target, keep: keep)
         full = try backup()
         sleep(1)
         try Data("hosts file, changed\n".utf8).write(to: URL(fileURLWithPath: src + "/etc/hosts"))

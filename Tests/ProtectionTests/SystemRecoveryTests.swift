@@ -49,18 +49,7 @@ final class MachineBench: @unchecked Sendable {
         try runChecked(sys("dd"), ["if=\(xfs)", "of=\(disk1)", "bs=1M", "seek=\(Self.data.1)", "oflag=seek_bytes", "conv=notrunc", "status=none"])
         try FileManager.default.removeItem(atPath: xfs)
         try FileManager.default.removeItem(atPath: part)
-        try """
-        name: machine
-        machine: host1
-        sources:
-          - disk: \(disk0)
-          - disk: \(disk1)
-        consistency:
-          provider: none
-          allow-crash-consistent: true
-        target: \(target)
-        keep: {last: 10}
-        """.write(toFile: dir.file("policy.yaml"), atomically: true, encoding: .utf8)
+        try writeTestPolicy(dir.file("policy.yaml"), name: "machine", machine: "host1", sources: ["disk: \(disk0)", "disk: \(disk1)"], target: target)
         full = try backup()
         // The change between the points: a new file on the ext4 root (debugfs, never mounted).
         try Data("after the full\n".utf8).write(to: URL(fileURLWithPath: dir.file("new.txt")))

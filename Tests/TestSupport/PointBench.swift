@@ -38,17 +38,7 @@ public final class PointBench: @unchecked Sendable {
         try runChecked(sys("mkfs.ext4"), ["-q", "-d", src, part])
         try runChecked(sys("debugfs"), ["-w", "-R", "ea_set /etc/hosts user.note hello", part])
         try runChecked(sys("dd"), ["if=\(part)", "of=\(disk)", "bs=512", "seek=2048", "conv=notrunc", "status=none"])
-        try """
-        name: files
-        machine: guest
-        sources:
-          - disk: \(disk)
-        consistency:
-          provider: none
-          allow-crash-consistent: true
-        target: \(target)
-        keep: {last: 10}
-        """.write(toFile: dir.file("policy.yaml"), atomically: true, encoding: .utf8)
+        try writeTestPolicy(dir.file("policy.yaml"), name: "files", machine: "guest", sources: ["disk: \(disk)"], target: target)
         full = try backup()
         // The change: a new file, a removed one (debugfs on the partition, never mounted).
         try Data("new\n".utf8).write(to: URL(fileURLWithPath: dir.file("new.txt")))
@@ -81,4 +71,20 @@ public func backupPoint(policy: String, environment: [String: String], machineFo
         throw TestFailure("backup: no point in \(machineFolder)")
     }
     return newest
+}
+
+/// Writes the policy a test fixture backs up with: `sources` as YAML list items (`disk: PATH`,
+/// `files: [PATH]`), read as they are (provider none, crash-consistent allowed).
+public func writeTestPolicy(_ path: String, name: String, machine: String, sources: [String], target: String, keep: String = "{last: 10}") throws {
+    try """
+    name: \(name)
+    machine: \(machine)
+    sources:
+    \(sources.map { "  - " + $0 }.joined(separator: "\n"))
+    consistency:
+      provider: none
+      allow-crash-consistent: true
+    target: \(target)
+    keep: \(keep)
+    """.write(toFile: path, atomically: true, encoding: .utf8)
 }
