@@ -47,8 +47,8 @@ public enum HostDisks {
         }
     }
 
-    /// The whole disk `major:minor` names (itself when it is a whole disk; nil when unknown or when
-    /// it names a partition: see `wholeDisk(of:)`).
+    /// The whole disk `major:minor` names; nil when unknown or when it names a partition (see
+    /// `wholeDisk(major:minor:)`).
     public static func describe(major: UInt32, minor: UInt32) -> HostDisk? {
         let sys = "/sys/dev/block/\(major):\(minor)"
         guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: sys), let name = target.split(separator: "/").last.map(String.init),
@@ -101,8 +101,8 @@ public enum HostDisks {
         return out
     }
 
-    /// Why writing the whole disk `major:minor` would hurt something in use, or nil when nothing
-    /// uses it: a mounted filesystem on it or on one of its partitions, swap, a holder (LVM,
+    /// Why writing the whole disk `major:minor` would hurt something in use (empty when nothing
+    /// uses it): a mounted filesystem on it or on one of its partitions, swap, a holder (LVM,
     /// device-mapper, RAID).
     public static func users(major: UInt32, minor: UInt32) -> [String] {
         var found: [String] = []
@@ -117,13 +117,13 @@ public enum HostDisks {
         for line in mounts.split(separator: "\n") {
             let fields = line.split(separator: " ")
             guard fields.count > 4 else { continue }
-            // The device numbers, or (btrfs, whose numbers are anonymous) the mount's source device.
-            var numbers = String(fields[2])
+            // The mount's device numbers, and its source device's (btrfs mounts show anonymous numbers).
+            var source: String? = nil
             if let dash = fields.firstIndex(of: "-"), dash + 2 < fields.count, fields[dash + 2].hasPrefix("/dev/"),
                let (a, b) = number(of: FilePath(String(fields[dash + 2]))) {
-                numbers = numbers == "\(a):\(b)" ? numbers : "\(a):\(b)"
+                source = "\(a):\(b)"
             }
-            if let (dev, _, _) = devices.first(where: { "\($0.1):\($0.2)" == fields[2] || "\($0.1):\($0.2)" == numbers }) {
+            if let (dev, _, _) = devices.first(where: { "\($0.1):\($0.2)" == fields[2] || "\($0.1):\($0.2)" == source }) {
                 found.append("/dev/\(dev) is mounted on \(fields[4])")
             }
         }
