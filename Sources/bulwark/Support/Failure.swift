@@ -7,6 +7,7 @@ import Protection
 import Targets
 import Mount
 import Recovery
+import FileSets
 
 /// The exit status of every command, in one place (README "Exit codes" lists them). Scripts can tell
 /// a missing file from a damaged one from a busy one without parsing messages.
@@ -52,6 +53,14 @@ enum ExitStatus {
         case .badMap: usage
         case .unmatched, .tooSmall, .inUse: refused
         case .mismatch: corrupt
+        }
+    }
+
+    static func of(_ error: FileSetError) -> Int32 {
+        switch error {
+        case .noFileSet, .pathNotFound: notFound
+        case .badPath: usage
+        case .destinationNotEmpty: refused
         }
     }
 
@@ -152,6 +161,7 @@ extension Failure {
         case let e as MountError: say(e, hints(for: e)); return ExitCode(ExitStatus.of(e))
         case let e as FilesError: say(e); return ExitCode(e.status)
         case let e as RecoveryError: say(e); return ExitCode(ExitStatus.of(e))
+        case let e as FileSetError: say(e); return ExitCode(ExitStatus.of(e))
         case is OperationCancelled: say(error); return ExitCode(ExitStatus.failed)
         default: return error
         }
