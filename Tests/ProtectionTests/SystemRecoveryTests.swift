@@ -238,6 +238,32 @@ final class MachineBench: @unchecked Sendable {
         #expect(try digest(fresh) == freshBefore && digest(other1) == otherBefore)
     }
 
+    /// A system recovery killed at any moment leaves the point untouched, and running it again
+    /// completes: the disks come out as a run that was never interrupted makes them.
+    @Test func aKilledRecoveryCompletesWhenRunAgain() throws {
+        guard try Self.prerequisites() else { return }
+        let b = try MachineBench()
+        let r0 = try blank(b.dir, "k0.img", 100), r1 = try blank(b.dir, "k1.img", 320)
+        let args = ["restore", "sysrecovery", "--target", b.target, "--version", b.incremental, "--map", "0=\(r0)", "--map", "1=\(r1)", "--yes"]
+        let (duration, first) = try KilledRun.duration(args)
+        try #require(first.status == 0, "\(first.err)")
+        func digest(_ path: String) throws -> String { String(try runChecked(sys("sha256sum"), [path]).out.prefix(64)) }
+        let good = try [digest(r0), digest(r1)]
+        var random = SeededRandom(seed: 23)
+        var kills = 0
+        for round in 0..<5 {
+            // Old bytes on the destinations first, so a half-done restore is visible.
+            for path in [r0, r1] { try runChecked(sys("dd"), ["if=/dev/urandom", "of=\(path)", "bs=1M", "count=8", "conv=notrunc", "status=none"]) }
+            let outcome = try KilledRun.run(args, after: UInt32.random(in: duration / 20...max(duration / 20 + 1, duration * 9 / 10), using: &random))
+            if outcome.killed { kills += 1 } else { #expect(outcome.status == 0, "round \(round): \(outcome.err)") }
+            let again = try run(TestEnv.bulwark, args)
+            #expect(again.status == 0, "round \(round): \(again.err)")
+            #expect(try [digest(r0), digest(r1)] == good, "round \(round): the re-run makes the same disks")
+        }
+        #expect(kills > 0)
+        #expect(try run(TestEnv.bulwark, ["verify", "--target", b.target]).status == 0, "the point is untouched")
+    }
+
     /// `restore disk --to /dev/...`: written in place and verified; a device with a mounted
     /// filesystem is refused before anything is written.
     @Test func aDiskIsRestoredOntoABlockDevice() throws {
