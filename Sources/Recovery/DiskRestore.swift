@@ -56,8 +56,7 @@ public enum DiskRestore {
             guard options.format == nil || options.format == .raw else {
                 throw DiskError.invalidArgument("\(options.destination.string): a block device receives the raw disk, not \(options.format!.rawValue)")
             }
-            let holding = (target as? LocalDirectoryTarget).map { FileOps.canonical($0.root) }
-            let written = try SystemRecovery.write(disk, of: options.version, points: points, onto: options.destination, holding: holding,
+            let written = try SystemRecovery.write(disk, of: options.version, points: points, onto: options.destination,
                                                    progress: options.progress, cancel: options.progress)
             return DiskRestoreResult(machine: options.machine, version: options.version, disk: options.disk, destination: options.destination.string,
                                      format: .raw, virtualSize: disk.virtualSize, bytesWritten: written.bytesWritten,

@@ -38,7 +38,6 @@ extension SystemRecovery {
         let started = Date()
         let points = RecoveryPoints(target: target, machine: plan.machine)
         let manifest = try points.manifest(plan.version)
-        let holding = (target as? LocalDirectoryTarget).map { FileOps.canonical($0.root) }
         let total = plan.restored.reduce(UInt64(0)) { $0 + $1.size }
         var done: UInt64 = 0
         var results: [SystemRecoveryResult.Disk] = []
@@ -46,7 +45,7 @@ extension SystemRecovery {
             guard let disk = manifest.disks.first(where: { $0.index == entry.index }), let destination = entry.destination else { continue }
             let base = done
             let inner = progress.map { outer in ProgressReporter { completed, _ in outer.report(base + completed, of: total) } }
-            results.append(try write(disk, of: plan.version, points: points, onto: FilePath(destination), holding: holding, progress: inner, cancel: progress))
+            results.append(try write(disk, of: plan.version, points: points, onto: FilePath(destination), progress: inner, cancel: progress))
             done += disk.virtualSize
         }
         return SystemRecoveryResult(machine: plan.machine, version: plan.version, disks: results, seconds: Date().timeIntervalSince(started))
@@ -56,10 +55,10 @@ extension SystemRecovery {
     /// checked again first, each chunk checked against the manifest as it streams; a GPT is fitted
     /// to a larger destination and a device's partitions re-read. What `run` does for each disk and
     /// `DiskRestore` for a block device.
-    static func write(_ disk: ManifestDisk, of version: String, points: RecoveryPoints, onto path: FilePath, holding: FilePath?,
+    static func write(_ disk: ManifestDisk, of version: String, points: RecoveryPoints, onto path: FilePath,
                       progress: ProgressReporter?, cancel: ProgressReporter?) throws -> SystemRecoveryResult.Disk {
         let started = Date()
-        let checked = try check(path, for: disk, holding: holding)
+        let checked = try check(path, for: disk, target: points.target)
         let chain = try DiskChain.open(points.imagePath(version, disk: disk), in: points.target.space)
         defer { try? chain.close() }
         let store = try BlockFile.open(path, writable: true)

@@ -78,7 +78,6 @@ public enum SystemRecovery {
             throw RecoveryError.badMap("disk \(n) is both mapped and excluded; drop one of --map \(n)=... and --exclude-disk \(n)")
         }
         let host = hostDisks ?? HostDisks.list()
-        let holding = (target as? LocalDirectoryTarget).map { FileOps.canonical($0.root) }
         var taken: [FileID: Int] = [:]
         var disks: [SystemRecoveryPlan.Disk] = []
         for disk in manifest.disks.sorted(by: { $0.index < $1.index }) {
@@ -96,7 +95,7 @@ public enum SystemRecovery {
                     !options.maps.values.contains { FileID(path: $0) == FileID(path: FilePath(candidate.path)) } }
                 (destination, entry.matchedBy) = try match(disk, among: free)
             }
-            let checked = try check(destination, for: disk, holding: holding)
+            let checked = try check(destination, for: disk, target: target)
             if let other = taken[checked.id] {
                 throw RecoveryError.badMap("disks \(other) and \(disk.index) would both be written to \(destination.string); map each disk to its own destination")
             }
@@ -130,8 +129,11 @@ public enum SystemRecovery {
         var size: UInt64
     }
 
-    /// Everything that makes `destination` unfit for `disk`, checked before any write.
-    static func check(_ destination: FilePath, for disk: ManifestDisk, holding target: FilePath?) throws -> Checked {
+    /// Everything that makes `destination` unfit for `disk` of a point on `backupTarget`, checked
+    /// before any write.
+    static func check(_ destination: FilePath, for disk: ManifestDisk, target backupTarget: any BackupTarget) throws -> Checked {
+        // A local target's folder: neither its disk nor a file inside it may be written.
+        let target = (backupTarget as? LocalDirectoryTarget).map { FileOps.canonical($0.root) }
         var st = stat()
         guard stat(destination.string, &st) == 0 else {
             throw RecoveryError.badMap("disk \(disk.index): \(destination.string) does not exist (\(Errno(rawValue: errno))); give a whole disk (/dev/sdX) or an existing image file (create one with `truncate -s \(disk.virtualSize) FILE`)")
