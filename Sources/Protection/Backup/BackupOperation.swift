@@ -228,8 +228,7 @@ struct BackupPlan: Sendable {
             return full("the full schedule (\(event.text)) fired at \(Timestamp.iso8601(fired)) since the newest point")
         }
         let parent = try points.manifest(newest.version)
-        let sets = policy.sources.compactMap { source -> [String]? in if case let .files(paths) = source { paths } else { nil } }
-        guard (parent.fileSets ?? []).map(\.paths) == sets else {
+        guard (parent.fileSets ?? []).map(\.paths) == policy.fileSetPaths else {
             return full("the policy's file sets changed since \(newest.version)")
         }
         guard parent.disks.map(\.source) == sources else {

@@ -16,8 +16,7 @@ enum FileSetBackup {
     static func capture(policy: Policy, target: any BackupTarget, points: RecoveryPoints, version: String, parent: PointManifest?,
                         progress: ProgressReporter?, log: @Sendable (String) -> Void) throws -> Captured {
         var out = Captured(sets: [], warnings: [])
-        let sources = policy.sources.compactMap { source -> [String]? in if case let .files(paths) = source { paths } else { nil } }
-        for (n, paths) in sources.enumerated() {
+        for (n, paths) in policy.fileSetPaths.enumerated() {
             try progress?.checkCancelled()
             let archive = "fileset\(n).tar.zst", indexFile = "fileset\(n).index.json"
             var previous: FileSetIndex? = nil

@@ -53,6 +53,13 @@ public struct Policy: Sendable, Equatable {
     }
 }
 
+extension Policy {
+    /// The paths of each `files:` source, in the policy's order (file set 0, 1, ...).
+    public var fileSetPaths: [[String]] {
+        sources.compactMap { source in if case let .files(paths) = source { paths } else { nil } }
+    }
+}
+
 /// One thing a policy captures. YAML: `- disk: PATH`, `- machine: true` or `- files: [PATH, ...]`.
 public enum PolicySource: Sendable, Equatable {
     /// A VHD, VHDX or raw image file, or a block device (`/dev/vg0/data`, a whole disk `/dev/sda`),
