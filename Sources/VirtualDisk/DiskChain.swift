@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import SystemPackage
 import struct Foundation.UUID
 import Storage
@@ -26,6 +29,28 @@ public struct DiskChain: Closable {
     public static func open(_ path: FilePath, writable: Bool = false, format: DiskFormat? = nil, in space: any StoreSpace = LocalFileSystem(),
                             acceptsMismatch: ((FilePath, FilePath) -> Bool)? = nil,
                             pendingMerges: PendingMergePolicy = .guarded) throws -> DiskChain {
+        let before = space is LocalFileSystem ? fileID(path) : nil
+        do {
+            return try openOnce(path, writable: writable, format: format, in: space, acceptsMismatch: acceptsMismatch, pendingMerges: pendingMerges)
+        } catch let error as DiskError {
+            // A merge that finished while the chain was being opened gives the merged image the leaf's
+            // name and removes the levels above the base: the leaf read first then finds its parent
+            // gone. When the name now holds another file (or none), the chain is opened again as it
+            // is now, once; a parent missing for any other reason is reported as it is.
+            guard case .parentNotFound = error, let before, fileID(path) != before else { throw error }
+            return try openOnce(path, writable: writable, format: format, in: space, acceptsMismatch: acceptsMismatch, pendingMerges: pendingMerges)
+        }
+    }
+
+    /// The device and inode `path` names now (local files), nil when nothing is there.
+    private static func fileID(_ path: FilePath) -> [UInt64]? {
+        var st = stat()
+        guard stat(path.string, &st) == 0 else { return nil }
+        return [UInt64(st.st_dev), UInt64(st.st_ino)]
+    }
+
+    private static func openOnce(_ path: FilePath, writable: Bool, format: DiskFormat?, in space: any StoreSpace,
+                                 acceptsMismatch: ((FilePath, FilePath) -> Bool)?, pendingMerges: PendingMergePolicy) throws -> DiskChain {
         let guarded = pendingMerges == .guarded && space is LocalFileSystem
         // The link from a merging child to its changed ancestor is accepted in any space (records are
         // read through it); refusals of what would see a merge mid-change need local locks and PIDs.
